@@ -23,6 +23,9 @@ import (
 // childEnv marks the envd process that PID 1 supervises.
 const childEnv = "WRENN_ENVD_CHILD"
 
+// envdOOMScore protects the serving envd from the OOM killer in a guest.
+const envdOOMScore = "-900"
+
 type config struct {
 	envd.Config
 	port     int
@@ -85,6 +88,13 @@ func run(ctx context.Context, cfg config) error {
 		return runInit(ctx, cfg, log)
 	}
 	cfg.Logger = log
+	if os.Getenv(childEnv) != "" {
+		// Supervised in a guest: keep envd alive under memory pressure;
+		// user processes get a higher score (see package process).
+		if err := os.WriteFile("/proc/self/oom_score_adj", []byte(envdOOMScore), 0); err != nil {
+			log.Warn("lower envd's OOM score", "err", err)
+		}
+	}
 	srv, err := envd.New(cfg.Config)
 	if err != nil {
 		return err

@@ -162,7 +162,12 @@ func (s *Server) Env() map[string]string {
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	opts := []connect.HandlerOption{connect.WithRecover(s.recoverRPC)}
-	path, h := processconnect.NewProcessHandler(s.procs, opts...)
+	// Process output is mostly already-dense terminal bytes in small
+	// messages; compressing each one costs more throughput than it saves
+	// on a loopback or in-host link, so output streams go uncompressed even
+	// when a client offers gzip. Requests may still be compressed.
+	procOpts := append([]connect.HandlerOption{connect.WithCompressMinBytes(1 << 20)}, opts...)
+	path, h := processconnect.NewProcessHandler(s.procs, procOpts...)
 	mux.Handle(path, h)
 	path, h = filesystemconnect.NewFilesystemHandler(s.fs, opts...)
 	mux.Handle(path, h)

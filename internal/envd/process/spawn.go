@@ -341,6 +341,7 @@ func (s *Service) startCmd(sp *spec, attr *syscall.SysProcAttr, cgroupKind strin
 			cmd := newCmd(&inCgroup)
 			err := cmd.Start()
 			if err == nil {
+				setOOMScore(cmd.Process.Pid)
 				return cmd, nil
 			}
 			if !isCgroupError(err) {
@@ -353,7 +354,18 @@ func (s *Service) startCmd(sp *spec, attr *syscall.SysProcAttr, cgroupKind strin
 	if err := cmd.Start(); err != nil {
 		return nil, startError(sp, err)
 	}
+	setOOMScore(cmd.Process.Pid)
 	return cmd, nil
+}
+
+// userOOMScore makes user processes the OOM killer's first choice over envd
+// (which lowers its own score when it runs in a guest), so a runaway
+// command never takes the sandbox's control channel down with it.
+const userOOMScore = "100"
+
+// setOOMScore is best effort: a process that already exited has no score.
+func setOOMScore(pid int) {
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", pid), []byte(userOOMScore), 0)
 }
 
 // isCgroupError reports whether a start failure may come from the cgroup
