@@ -309,8 +309,8 @@ func testPTYOutput(t *testing.T, fl flavor, total int) {
 			if pty == nil {
 				t.Fatalf("data event %d is not pty output", events)
 			}
-			if len(pty) > ptyChunkSize {
-				t.Fatalf("pty data event of %d bytes, larger than %d", len(pty), ptyChunkSize)
+			if len(pty) > maxMerged {
+				t.Fatalf("pty data event of %d bytes, larger than %d", len(pty), maxMerged)
 			}
 			gotHash.Write(pty)
 			gotLen += len(pty)

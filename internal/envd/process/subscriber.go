@@ -23,13 +23,17 @@ const (
 	ptyChunkSize  = 16 << 10 // PTY master
 )
 
-// maxChunk is the largest chunk of s that is read or sent at once.
+// maxChunk is the largest chunk of s that is read at once.
 func (s stream) maxChunk() int {
 	if s == streamPTY {
 		return ptyChunkSize
 	}
 	return pipeChunkSize
 }
+
+// maxMerged is the largest data event sent: while a subscriber lags, reads
+// are merged up to this size, so a burst costs fewer, larger messages.
+const maxMerged = 64 << 10
 
 // chunk is one queued piece of output. Its data belongs to the queue.
 type chunk struct {
@@ -47,6 +51,7 @@ type subscriber struct {
 	mu     sync.Mutex
 	queue  []chunk // queued chunks are queue[head:]
 	head   int
+	queued int                        // bytes in queue[head:]
 	closed bool                       // no more output will be queued
 	end    *rpc.ProcessEvent_EndEvent // set with closed when the process ended
 	err    error                      // set with closed when the subscriber was dropped
@@ -55,6 +60,10 @@ type subscriber struct {
 func newSubscriber(limit int) *subscriber {
 	return &subscriber{limit: limit, wake: make(chan struct{}, 1)}
 }
+
+// maxBytes bounds the bytes queued: merging makes chunks larger, so the
+// chunk limit alone would let memory grow past limit reads' worth.
+func (s *subscriber) maxBytes() int { return s.limit * ptyChunkSize }
 
 func (s *subscriber) signal() {
 	select {
@@ -77,18 +86,19 @@ func (s *subscriber) offer(st stream, data []byte) bool {
 	lagging := len(s.queue) > s.head
 	if lagging {
 		last := &s.queue[len(s.queue)-1]
-		if last.stream == st && len(last.data)+len(data) <= st.maxChunk() {
+		if last.stream == st && len(last.data)+len(data) <= maxMerged && s.queued+len(data) <= s.maxBytes() {
 			if cap(last.data)-len(last.data) < len(data) {
-				grown := make([]byte, len(last.data), st.maxChunk())
+				grown := make([]byte, len(last.data), maxMerged)
 				copy(grown, last.data)
 				last.data = grown
 			}
 			last.data = append(last.data, data...)
+			s.queued += len(data)
 			s.signal()
 			return true
 		}
 	}
-	if len(s.queue)-s.head >= s.limit {
+	if len(s.queue)-s.head >= s.limit || s.queued+len(data) > s.maxBytes() {
 		return false
 	}
 	if len(s.queue) == cap(s.queue) && s.head > 0 {
@@ -100,9 +110,10 @@ func (s *subscriber) offer(st stream, data []byte) bool {
 	// A chunk that will probably be merged into gets room to grow.
 	size := len(data)
 	if lagging {
-		size = st.maxChunk()
+		size = maxMerged
 	}
 	s.queue = append(s.queue, chunk{stream: st, data: append(make([]byte, 0, size), data...)})
+	s.queued += len(data)
 	s.signal()
 	return true
 }
@@ -127,6 +138,7 @@ func (s *subscriber) next() (c chunk, ok, done bool, end *rpc.ProcessEvent_EndEv
 	if s.head < len(s.queue) {
 		c = s.queue[s.head]
 		s.queue[s.head] = chunk{}
+		s.queued -= len(c.data)
 		s.head++
 		if s.head == len(s.queue) {
 			s.queue, s.head = s.queue[:0], 0

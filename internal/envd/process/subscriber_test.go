@@ -23,7 +23,7 @@ func TestSubscriberQueue(t *testing.T) {
 		t.Fatalf("offer() to an empty queue = false")
 	}
 	read[0] = 'X' // the reader reuses its buffer
-	// Lagging: PTY reads merge up to the 16 KiB chunk size.
+	// Lagging: PTY reads merge into one chunk (up to maxMerged bytes).
 	for range 3 {
 		if !sub.offer(streamPTY, read[:4095]) {
 			t.Fatalf("offer() while merging = false")
