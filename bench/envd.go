@@ -269,19 +269,33 @@ func benchPTY(ctx context.Context, e *envdProc, n int64) error {
 		}
 		return time.Since(t0), got, nil
 	}
-	dEnvd, gotEnvd, err := viaEnvd()
-	if err != nil {
-		return err
-	}
-	dRaw, gotRaw, err := raw()
-	if err != nil {
-		return err
-	}
-	if gotEnvd != n || gotRaw != n {
-		return fmt.Errorf("pty bytes: envd %d, raw %d, want %d (lost output)", gotEnvd, gotRaw, n)
+	// Best of three interleaved rounds each: the machines are shared, and
+	// the best round is the one least disturbed by neighbours.
+	var dEnvd, dRaw time.Duration
+	var gotEnvd, gotRaw int64
+	for range 3 {
+		d, got, err := viaEnvd()
+		if err != nil {
+			return err
+		}
+		if dEnvd == 0 || d < dEnvd {
+			dEnvd = d
+		}
+		gotEnvd = got
+		d, got, err = raw()
+		if err != nil {
+			return err
+		}
+		if dRaw == 0 || d < dRaw {
+			dRaw = d
+		}
+		gotRaw = got
+		if gotEnvd != n || gotRaw != n {
+			return fmt.Errorf("pty bytes: envd %d, raw %d, want %d (lost output)", gotEnvd, gotRaw, n)
+		}
 	}
 	mbps := func(d time.Duration) float64 { return float64(n) / (1 << 20) / d.Seconds() }
 	line("envd_pty_output_100MiB", mbps(dEnvd), "MiB/s", "raw_pty_read", mbps(dRaw))
-	fmt.Printf("metric=envd_pty_output_lost_bytes value=%d unit=bytes baseline=raw_pty_read:%d ratio=0\n", n-gotEnvd, n-gotRaw)
+	line("envd_pty_output_delivered_fraction", float64(gotEnvd)/float64(n), "fraction", "raw_pty_read", float64(gotRaw)/float64(n))
 	return nil
 }
