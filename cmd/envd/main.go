@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"wrenn.dev/wrenn/internal/envd"
+	"wrenn.dev/wrenn/internal/envd/initramfs"
 	"wrenn.dev/wrenn/internal/envd/pid1"
 	"wrenn.dev/wrenn/internal/version"
 )
@@ -34,6 +35,12 @@ type config struct {
 }
 
 func main() {
+	// Inside the initramfs, envd's first stage loads the virtio modules,
+	// mounts the root disk and execs the real envd as PID 1 there. Main
+	// never returns.
+	if initramfs.Active() {
+		initramfs.Main(slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	}
 	cfg, showVersion, err := parseFlags(os.Args[1:])
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "envd:", err)
