@@ -5,6 +5,7 @@ export PATH := /usr/local/go/bin:$(PATH)
 
 BIN      := bin
 ENVD     := $(BIN)/envd
+WRENN    := $(BIN)/wrenn
 GO_FILES := $(shell find . -name '*.go' -not -path './tools/*' 2>/dev/null)
 BUF      := tools/node_modules/.bin/buf
 
@@ -17,11 +18,15 @@ setup: ## install what building and testing need (idempotent)
 	@scripts/setup.sh
 
 .PHONY: build
-build: $(ENVD) ## build the binaries into bin/
+build: $(ENVD) $(WRENN) ## build the binaries into bin/
 
 $(ENVD): $(GO_FILES) go.mod go.sum
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $@ ./cmd/envd
+
+$(WRENN): $(GO_FILES) go.mod go.sum
+	@mkdir -p $(BIN)
+	go build -trimpath -o $@ ./cmd/wrenn
 
 .PHONY: generate
 generate: setup ## regenerate code from proto/ (committed; must be reproducible)
@@ -40,7 +45,7 @@ vet: ## go vet and gofmt
 
 .PHONY: test
 test: setup verify-generate vet build ## set up and run every test (what CI runs)
-	go test -race -count=1 -timeout 20m ./...
+	WRENN_ENVD_BIN=$(CURDIR)/$(ENVD) go test -race -count=1 -timeout 20m ./...
 	WRENN_ENVD_BIN=$(CURDIR)/$(ENVD) node --test --test-concurrency=1 test/e2b/
 
 .PHONY: bench

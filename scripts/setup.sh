@@ -12,17 +12,29 @@ need_apt=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # Debian packages: name of a command -> package providing it.
-for pair in "node:nodejs" "npm:npm" "git:git" "make:make" "gcc:gcc" "curl:curl"; do
+# What each is for: node/npm run buf and the e2b SDK tests; qemu runs the
+# sandbox VMs; busybox-static, mkfs.ext4 (e2fsprogs) and debootstrap build
+# guest images; ip (iproute2) and nsenter (util-linux) are used by network
+# tests; mkfs.xfs (xfsprogs) lets the copy-on-write tests exercise reflinks.
+for pair in "node:nodejs" "npm:npm" "git:git" "make:make" "gcc:gcc" "curl:curl" \
+	"qemu-system-x86_64:qemu-system-x86" "busybox:busybox-static" "mkfs.ext4:e2fsprogs" \
+	"debootstrap:debootstrap" "ip:iproute2" "nsenter:util-linux" "mkfs.xfs:xfsprogs"; do
 	cmd=${pair%%:*} pkg=${pair#*:}
-	have "$cmd" || need_apt+=("$pkg")
+	have "$cmd" || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || need_apt+=("$pkg")
 done
+# Guest kernels are fetched with `apt-get download`, which needs package lists.
+if [ "$(id -u)" -eq 0 ] && ! apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+	apt_updated=1
+	log "refreshing apt package lists (guest kernels come from apt)"
+	apt-get update -qq
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		log "missing packages: ${need_apt[*]}; run this script as root (or install them) and retry"
 		exit 1
 	fi
 	log "installing Debian packages: ${need_apt[*]}"
-	apt-get update -qq
+	[ -n "${apt_updated:-}" ] || apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
