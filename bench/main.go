@@ -29,6 +29,7 @@ type options struct {
 	transfer int64
 	ptyBytes int64
 	only     string
+	vmBoots  int
 }
 
 func main() {
@@ -38,6 +39,7 @@ func main() {
 	flag.Int64Var(&o.transfer, "transfer-bytes", 100<<20, "bytes per upload/download")
 	flag.Int64Var(&o.ptyBytes, "pty-bytes", 100<<20, "bytes of PTY output")
 	flag.StringVar(&o.only, "only", "", "comma-separated metric prefixes to run (default all)")
+	flag.IntVar(&o.vmBoots, "vm-boots", 3, "cold boots to measure (best is reported)")
 	flag.Parse()
 	ctx := context.Background()
 	if err := run(ctx, o); err != nil {
@@ -88,6 +90,11 @@ func run(ctx context.Context, o options) error {
 	if want("envd_pty") {
 		if err := benchPTY(ctx, e, o.ptyBytes); err != nil {
 			return fmt.Errorf("pty: %w", err)
+		}
+	}
+	if want("vm_") {
+		if err := benchVM(ctx, o.envdBin, o.vmBoots); err != nil {
+			return fmt.Errorf("vm: %w", err)
 		}
 	}
 	return nil
