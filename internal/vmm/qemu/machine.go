@@ -161,8 +161,11 @@ func (m *Machine) finish(desc string) {
 	m.mu.Lock()
 	if !m.stopping {
 		logTail := fileTail(filepath.Join(m.spec.Dir, QEMULog), 512)
-		m.exitErr = fmt.Errorf("qemu for vm %s (pid %d) exited unexpectedly (%s; qemu log: %q): %w",
-			m.spec.ID, m.pid, desc, logTail, vmm.ErrExited)
+		msg := fmt.Sprintf("qemu (pid %d) ended: %s", m.pid, desc)
+		if logTail != "" {
+			msg += fmt.Sprintf("; qemu log: %q", logTail)
+		}
+		m.exitErr = exitError(msg)
 		m.log.Warn("qemu exited unexpectedly", "status", desc,
 			"console", fileTail(m.ConsoleLog(), 400))
 	} else {
@@ -451,6 +454,16 @@ func (m *Machine) Shutdown(ctx context.Context) error {
 	m.mu.Lock()
 	m.stopping = true
 	m.mu.Unlock()
+	if ctx.Err() != nil {
+		// No grace was given (the disk is being discarded): kill at once.
+		m.kill()
+		select {
+		case <-m.done:
+			return nil
+		case <-time.After(30 * time.Second): // a process in uninterruptible sleep
+			return fmt.Errorf("vm %s: qemu (pid %d) survived SIGKILL for 30s", m.spec.ID, m.pid)
+		}
+	}
 	qctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	q, err := dialQMP(qctx, m.qmpPath)
 	if err == nil {
@@ -673,3 +686,11 @@ func inNetNS(path string, start func() error) error {
 	}()
 	return <-errc
 }
+
+// exitError says why a VM process ended on its own. Its text is shown to
+// users (as a sandbox's reason), so it carries no class suffix; it is
+// still of class vmm.ErrExited.
+type exitError string
+
+func (e exitError) Error() string { return string(e) }
+func (e exitError) Unwrap() error { return vmm.ErrExited }
