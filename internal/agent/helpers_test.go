@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"wrenn.dev/wrenn/internal/agent"
 	"wrenn.dev/wrenn/internal/agent/agenttest"
 	"wrenn.dev/wrenn/internal/sandbox"
@@ -24,28 +21,7 @@ import (
 // envdBin is the envd the fake driver runs, built once by TestMain.
 var envdBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agent-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	envdBin, err = agenttest.BuildEnvd(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
-			code = 1
-		}
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { agenttest.Main(m, "agent-test-", &envdBin) }
 
 // clock is a wall clock tests move by hand.
 type clock struct {

@@ -4,17 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
-	"go.uber.org/goleak"
 
 	"wrenn.dev/wrenn/internal/agent"
 	"wrenn.dev/wrenn/internal/agent/agentapi"
@@ -25,28 +22,7 @@ import (
 
 var envdBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agentapi-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	envdBin, err = agenttest.BuildEnvd(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
-			code = 1
-		}
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { agenttest.Main(m, "agentapi-test-", &envdBin) }
 
 const secret = "s3cret-shared-with-the-control-plane"
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	"go.uber.org/goleak"
 
 	"wrenn.dev/wrenn/internal/agent/agentapi"
 	"wrenn.dev/wrenn/internal/agent/agenttest"
@@ -28,28 +26,7 @@ import (
 
 var envdBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "agentcmd-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	envdBin, err = agenttest.BuildEnvd(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
-			code = 1
-		}
-	}
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { agenttest.Main(m, "agentcmd-test-", &envdBin) }
 
 const secret = "0123456789abcdef-test-secret"
 
