@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"wrenn.dev/wrenn/internal/testlog"
 )
 
 // testBuilder uses the shared image cache: kernels and images are keyed by
@@ -22,14 +24,7 @@ func testBuilder(t *testing.T, envd string) *Builder {
 	if _, err := exec.LookPath("apt-get"); err != nil {
 		t.Skip("no apt-get: not a Debian host")
 	}
-	return &Builder{CacheDir: DefaultCacheDir(), EnvdBinary: envd, Progress: testWriter{t}, AnyEnvd: true}
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
+	return &Builder{CacheDir: DefaultCacheDir(), EnvdBinary: envd, Progress: testlog.Writer(t), AnyEnvd: true}
 }
 
 func TestKernel(t *testing.T) {

@@ -17,20 +17,12 @@ import (
 	"go.uber.org/goleak"
 
 	"wrenn.dev/wrenn/internal/errdefs"
+	"wrenn.dev/wrenn/internal/testlog"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return testlog.New(t) }
 
 // cgroup2Mount returns the mount point of the cgroup2 hierarchy.
 func cgroup2Mount(t *testing.T) string {

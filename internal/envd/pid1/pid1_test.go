@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"wrenn.dev/wrenn/internal/errdefs"
+	"wrenn.dev/wrenn/internal/testlog"
 )
 
 // The test binary doubles as the PID 1 under test: started with helperEnv
@@ -442,13 +443,4 @@ func TestSuperviseContextStops(t *testing.T) {
 	}
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return testlog.New(t) }

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"wrenn.dev/wrenn/internal/errdefs"
+	"wrenn.dev/wrenn/internal/testlog"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -26,16 +27,7 @@ func checkLeaks(t *testing.T) { t.Cleanup(func() { goleak.VerifyNone(t) }) }
 
 var external = net.IPv4(127, 0, 0, 2)
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return testlog.New(t) }
 
 // echoServer echoes each connection until the client half-closes, then
 // closes. It stops when the test ends.

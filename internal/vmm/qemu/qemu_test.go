@@ -27,6 +27,7 @@ import (
 	"wrenn.dev/wrenn/internal/gen/process"
 	"wrenn.dev/wrenn/internal/gen/process/processconnect"
 	"wrenn.dev/wrenn/internal/image"
+	"wrenn.dev/wrenn/internal/testlog"
 	"wrenn.dev/wrenn/internal/vmm"
 	"wrenn.dev/wrenn/internal/vmm/vmmtest"
 )
@@ -121,16 +122,7 @@ func minimalImage(t *testing.T) *image.Image {
 	return testImg
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type testLogWriter struct{ t *testing.T }
-
-func (w testLogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
+func testLogger(t *testing.T) *slog.Logger { return testlog.New(t) }
 
 func newTestDriver(t *testing.T, userNet bool) *Driver {
 	t.Helper()
@@ -487,7 +479,7 @@ func TestBaseImage(t *testing.T) {
 	if _, err := exec.LookPath("debootstrap"); err != nil {
 		t.Skip("debootstrap is not installed")
 	}
-	b := &image.Builder{CacheDir: image.DefaultCacheDir(), EnvdBinary: testEnvd(t), Progress: testLogWriter{t}}
+	b := &image.Builder{CacheDir: image.DefaultCacheDir(), EnvdBinary: testEnvd(t), Progress: testlog.Writer(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	img, err := b.Build(ctx, image.Base)
