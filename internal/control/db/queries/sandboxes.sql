@@ -1,0 +1,30 @@
+-- name: CreateSandbox :one
+INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mib, metadata, egress, expires_at)
+VALUES (@id, @team_id, sqlc.narg('host_id'), @template, @state, @vcpus, @memory_mib, @metadata, @egress, sqlc.narg('expires_at'))
+RETURNING *;
+
+-- name: GetSandbox :one
+SELECT * FROM sandboxes WHERE id = @id;
+
+-- ListSandboxes pages through a team's sandboxes newest first. The cursor
+-- is the (created_at, id) of the last row of the previous page.
+-- name: ListSandboxes :many
+SELECT * FROM sandboxes
+WHERE team_id = @team_id
+  AND (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state')::text)
+  AND (sqlc.narg('after_created_at')::timestamptz IS NULL
+       OR (created_at, id) < (sqlc.narg('after_created_at')::timestamptz, sqlc.narg('after_id')::text))
+ORDER BY created_at DESC, id DESC
+LIMIT @max_rows;
+
+-- UpdateSandboxState moves a sandbox to a state, only from from_state when
+-- that is given. Entering stopped or dead records ended_at.
+-- name: UpdateSandboxState :one
+UPDATE sandboxes SET
+    state      = @state,
+    reason     = @reason,
+    updated_at = now(),
+    ended_at   = CASE WHEN @state::text IN ('stopped', 'dead') THEN coalesce(ended_at, now()) ELSE ended_at END
+WHERE id = @id
+  AND (sqlc.narg('from_state')::text IS NULL OR state = sqlc.narg('from_state')::text)
+RETURNING *;

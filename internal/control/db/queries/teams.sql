@@ -1,0 +1,6 @@
+-- name: CreateTeam :one
+INSERT INTO teams (name) VALUES (@name)
+RETURNING *;
+
+-- name: GetTeam :one
+SELECT * FROM teams WHERE id = @id;
