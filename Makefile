@@ -29,14 +29,16 @@ $(WRENN): $(GO_FILES) go.mod go.sum
 	go build -trimpath -o $@ ./cmd/wrenn
 
 .PHONY: generate
-generate: setup ## regenerate code from proto/ (committed; must be reproducible)
+generate: setup ## regenerate code from proto/ and SQL queries (committed; must be reproducible)
 	$(BUF) generate
+	go tool sqlc generate -f internal/control/db/sqlc.yaml
 
 .PHONY: verify-generate
 verify-generate: setup ## fail when generated code is not what `make generate` produces
 	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
 	$(BUF) generate -o $$tmp && \
-	diff -r $$tmp/internal/gen internal/gen && echo "generated code is up to date"
+	diff -r $$tmp/internal/gen internal/gen && \
+	go tool sqlc diff -f internal/control/db/sqlc.yaml && echo "generated code is up to date"
 
 .PHONY: vet
 vet: ## go vet and gofmt

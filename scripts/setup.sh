@@ -15,13 +15,16 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # What each is for: node/npm run buf and the e2b SDK tests; qemu runs the
 # sandbox VMs; busybox-static, mkfs.ext4 (e2fsprogs) and debootstrap build
 # guest images; ip (iproute2) and nsenter (util-linux) are used by network
-# tests; mkfs.xfs (xfsprogs) lets the copy-on-write tests exercise reflinks.
+# tests; mkfs.xfs (xfsprogs) lets the copy-on-write tests exercise reflinks;
+# postgresql provides the server binaries the control plane's private
+# database (and its tests) run from.
 for pair in "node:nodejs" "npm:npm" "git:git" "make:make" "gcc:gcc" "curl:curl" \
 	"qemu-system-x86_64:qemu-system-x86" "busybox:busybox-static" "mkfs.ext4:e2fsprogs" \
 	"debootstrap:debootstrap" "ip:iproute2" "nsenter:util-linux" "mkfs.xfs:xfsprogs"; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	have "$cmd" || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || need_apt+=("$pkg")
 done
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 # Guest kernels are fetched with `apt-get download`, which needs package lists.
 if [ "$(id -u)" -eq 0 ] && ! apt-cache policy linux-image-cloud-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; then
 	apt_updated=1
