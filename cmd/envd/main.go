@@ -62,7 +62,7 @@ func parseFlags(args []string) (config, bool, error) {
 	var cfg config
 	fs := flag.NewFlagSet("envd", flag.ContinueOnError)
 	fs.IntVar(&cfg.port, "port", envd.DefaultPort, "port to listen on")
-	isNotFC := fs.Bool("isnotfc", false, "not running inside a VM: no MMDS, no clock setting, no init duties (for running on a host)")
+	isNotFC := fs.Bool("isnotfc", false, "not running inside a VM: no MMDS, no clock setting, no port forwarding, no init duties (for running on a host)")
 	noCgroups := fs.Bool("no-cgroups", false, "run processes without cgroups")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup2 mount to create process groups under")
 	fs.StringVar(&cfg.DefaultUser, "default-user", "root", "user requests act as until /init sets one")
@@ -82,7 +82,9 @@ func parseFlags(args []string) (config, bool, error) {
 	cfg.Addr = fmt.Sprintf(":%d", cfg.port)
 	cfg.MMDS = !*isNotFC
 	cfg.SetClock = !*isNotFC
-	cfg.PortForward = !*noPortForward
+	// On a host, re-exposing loopback-only listeners would publish the
+	// host's private services; forwarding is for guests only.
+	cfg.PortForward = !*noPortForward && !*isNotFC
 	if *noCgroups {
 		cfg.CgroupRoot = ""
 	}
