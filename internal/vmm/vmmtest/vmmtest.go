@@ -32,6 +32,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"wrenn.dev/wrenn/internal/errdefs"
+	"wrenn.dev/wrenn/internal/storage/cow"
 	"wrenn.dev/wrenn/internal/vmm"
 )
 
@@ -599,44 +600,13 @@ func openFDs(t *testing.T) int {
 	return len(entries)
 }
 
-// CopySparse copies a disk image, keeping its holes (SEEK_DATA/SEEK_HOLE),
-// so copying a mostly empty filesystem image is cheap.
+// CopySparse copies a disk image to dst, replacing it, with the agent's
+// own copy-on-write clone (a reflink where the filesystem has one, else a
+// copy that keeps holes), so copying a mostly empty image is cheap.
 func CopySparse(dst, src string) error {
-	in, err := os.Open(src)
-	if err != nil {
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	if err := out.Truncate(fi.Size()); err != nil {
-		return err
-	}
-	fd := int(in.Fd())
-	var off int64
-	for off < fi.Size() {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole remains
-		}
-		if err != nil {
-			return fmt.Errorf("copy %s: seek data: %w", src, err)
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return fmt.Errorf("copy %s: seek hole: %w", src, err)
-		}
-		if _, err := io.Copy(io.NewOffsetWriter(out, data), io.NewSectionReader(in, data, hole-data)); err != nil {
-			return fmt.Errorf("copy %s: %w", src, err)
-		}
-		off = hole
-	}
-	return out.Close()
+	_, err := cow.Clone(context.Background(), src, dst)
+	return err
 }
