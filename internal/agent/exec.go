@@ -373,13 +373,7 @@ func (p *PTY) start(ctx context.Context, msg *processpb.StartRequest) error {
 	if err != nil {
 		return rpcError(err)
 	}
-	p.recv = func() (*processpb.ProcessEvent, error) {
-		if s.Receive() {
-			return s.Msg().GetEvent(), nil
-		}
-		return nil, streamEnd(s.Err())
-	}
-	p.close = s.Close
+	follow(p, s, (*processpb.StartResponse).GetEvent)
 	return nil
 }
 
@@ -392,14 +386,19 @@ func (p *PTY) attach(ctx context.Context, pid uint32) error {
 	if err != nil {
 		return rpcError(err)
 	}
+	follow(p, s, (*processpb.ConnectResponse).GetEvent)
+	return nil
+}
+
+// follow makes p read its events from s, a Start or Connect stream.
+func follow[T any](p *PTY, s *connect.ServerStreamForClient[T], event func(*T) *processpb.ProcessEvent) {
 	p.recv = func() (*processpb.ProcessEvent, error) {
 		if s.Receive() {
-			return s.Msg().GetEvent(), nil
+			return event(s.Msg()), nil
 		}
 		return nil, streamEnd(s.Err())
 	}
 	p.close = s.Close
-	return nil
 }
 
 // streamEnd is the error of a stream that ended: io.ErrUnexpectedEOF when
