@@ -253,16 +253,7 @@ func (b *Builder) Build(ctx context.Context, name string) (*Image, error) {
 		Built:         time.Now().UTC(),
 		BuildTime:     time.Since(start),
 	}
-	if err := writeJSON(filepath.Join(tmp, "image.json"), img); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
+	if err := commitDir(tmp, dir, "image.json", img); err != nil {
 		return nil, fmt.Errorf("commit image %s: %w", name, err)
 	}
 	b.progressf("%s: image ready in %s (%s)", name, img.BuildTime.Round(time.Millisecond), dir)
@@ -514,4 +505,20 @@ func DefaultCacheDir() string {
 		return filepath.Join(d, "wrenn", "images")
 	}
 	return filepath.Join(os.TempDir(), "wrenn-images")
+}
+
+// commitDir finishes a build made in tmp: it writes meta as JSON into
+// metaName, makes tmp readable, and renames it to dir, so dir appears
+// complete or not at all.
+func commitDir(tmp, dir, metaName string, meta any) error {
+	if err := writeJSON(filepath.Join(tmp, metaName), meta); err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dir)
 }

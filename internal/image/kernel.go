@@ -136,16 +136,7 @@ func (b *Builder) Kernel(ctx context.Context) (*Kernel, error) {
 		Config:     filepath.Join(dir, "root", "boot", "config-"+release),
 		ModulesDir: filepath.Join(dir, "root", "lib", "modules", release),
 	}
-	if err := writeJSON(filepath.Join(tmp, "kernel.json"), k); err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return nil, err
-	}
-	if err := os.Rename(tmp, dir); err != nil {
+	if err := commitDir(tmp, dir, "kernel.json", k); err != nil {
 		return nil, fmt.Errorf("commit kernel: %w", err)
 	}
 	b.progressf("kernel: %s ready (%d MiB vmlinux)", release, len(vmlinux)>>20)
