@@ -17,6 +17,7 @@ import (
 
 	"wrenn.dev/wrenn/internal/errdefs"
 	"wrenn.dev/wrenn/internal/errdefs/errconnect"
+	"wrenn.dev/wrenn/internal/gen/filesystem/filesystemconnect"
 	"wrenn.dev/wrenn/internal/gen/process/processconnect"
 	"wrenn.dev/wrenn/internal/sandbox"
 )
@@ -30,6 +31,7 @@ type envdClient struct {
 	// configured client is shared.
 	own  *http.Transport
 	proc processconnect.ProcessClient
+	fs   filesystemconnect.FilesystemClient
 }
 
 // Header names of envd's contract.
@@ -45,6 +47,7 @@ func newEnvdClient(base, token string, shared *http.Client) *envdClient {
 		c.http = &http.Client{Transport: c.own}
 	}
 	c.proc = processconnect.NewProcessClient(c.http, base, connect.WithInterceptors(tokenInterceptor(token)))
+	c.fs = filesystemconnect.NewFilesystemClient(c.http, base, connect.WithInterceptors(tokenInterceptor(token)))
 	return c
 }
 

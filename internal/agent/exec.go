@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"wrenn.dev/wrenn/internal/errdefs"
+	fspb "wrenn.dev/wrenn/internal/gen/filesystem"
 	processpb "wrenn.dev/wrenn/internal/gen/process"
 	"wrenn.dev/wrenn/internal/sandbox"
 )
@@ -483,4 +487,67 @@ func (p *PTY) Close() error {
 		return p.close()
 	}
 	return nil
+}
+
+// DirEntry is one entry of a directory in a sandbox.
+type DirEntry struct {
+	Name, Path string
+	// Type is "file", "dir" or "symlink".
+	Type       string
+	Size       uint64
+	Mode       os.FileMode
+	ModifiedAt time.Time
+}
+
+// maxDirEntries bounds one listing, so a huge directory cannot make the
+// agent hold an unbounded answer.
+const maxDirEntries = 10000
+
+// ListDir lists the directory path in a running sandbox as user,
+// directories first, then by name. A missing path is errdefs.ErrNotFound;
+// a path that is not a directory errdefs.ErrInvalidArgument.
+func (m *Manager) ListDir(ctx context.Context, id, path, user string) ([]DirEntry, error) {
+	if path == "" {
+		return nil, errdefs.InvalidArgument("path is required")
+	}
+	envd, err := m.envdFor(id)
+	if err != nil {
+		return nil, err
+	}
+	req := connect.NewRequest(&fspb.ListDirRequest{Path: path, Depth: 1})
+	setUser(req.Header(), user)
+	resp, err := envd.fs.ListDir(ctx, req)
+	if err != nil {
+		return nil, fmt.Errorf("list %s in sandbox %s: %w", path, id, rpcError(err))
+	}
+	in := resp.Msg.GetEntries()
+	if len(in) > maxDirEntries {
+		return nil, errdefs.ResourceExhausted("directory %s has %d entries, more than the %d one listing returns", path, len(in), maxDirEntries)
+	}
+	out := make([]DirEntry, 0, len(in))
+	for _, e := range in {
+		d := DirEntry{Name: e.GetName(), Path: e.GetPath(), Size: uint64(max(e.GetSize(), 0)), Mode: os.FileMode(e.GetMode())}
+		switch e.GetType() {
+		case fspb.FileType_FILE_TYPE_DIRECTORY:
+			d.Type = "dir"
+		case fspb.FileType_FILE_TYPE_SYMLINK:
+			d.Type = "symlink"
+		default:
+			d.Type = "file"
+		}
+		if t := e.GetModifiedTime(); t != nil {
+			d.ModifiedAt = t.AsTime()
+		}
+		out = append(out, d)
+	}
+	slices.SortFunc(out, func(a, b DirEntry) int {
+		if (a.Type == "dir") != (b.Type == "dir") {
+			if a.Type == "dir" {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return out, nil
 }

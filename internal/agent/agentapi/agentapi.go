@@ -221,6 +221,64 @@ func (s *service) SetTimeout(ctx context.Context, req *connect.Request[pb.SetTim
 	return connect.NewResponse(&pb.SetTimeoutResponse{ExpiresAt: timestamppb.New(exp)}), nil
 }
 
+// PauseSandbox pauses a running sandbox.
+func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.PauseSandboxRequest]) (*connect.Response[pb.PauseSandboxResponse], error) {
+	id := req.Msg.GetId()
+	if err := requireID(id); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	if err := s.m.Pause(ctx, id); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	sb, err := s.m.Get(ctx, id)
+	if err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: toProto(sb)}), nil
+}
+
+// ResumeSandbox runs a paused sandbox again, with a new lifetime when
+// timeout_seconds is set.
+func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
+	id := req.Msg.GetId()
+	if err := requireID(id); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	if err := s.m.Resume(ctx, id); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	if t := req.Msg.GetTimeoutSeconds(); t > 0 {
+		if _, err := s.m.SetTimeout(ctx, id, seconds(t)); err != nil {
+			return nil, s.fail(ctx, req.Spec().Procedure, err)
+		}
+	}
+	sb, err := s.m.Get(ctx, id)
+	if err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(&pb.ResumeSandboxResponse{Sandbox: toProto(sb)}), nil
+}
+
+// ListDir lists one directory in a running sandbox.
+func (s *service) ListDir(ctx context.Context, req *connect.Request[pb.ListDirRequest]) (*connect.Response[pb.ListDirResponse], error) {
+	r := req.Msg
+	if err := requireID(r.GetSandboxId()); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	entries, err := s.m.ListDir(ctx, r.GetSandboxId(), r.GetPath(), r.GetUser())
+	if err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	out := make([]*pb.DirEntry, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, &pb.DirEntry{
+			Name: e.Name, Path: e.Path, Type: e.Type, Size: e.Size,
+			Mode: uint32(e.Mode), ModifiedAt: timestamp(e.ModifiedAt),
+		})
+	}
+	return connect.NewResponse(&pb.ListDirResponse{Entries: out}), nil
+}
+
 // Exec runs a command and streams its output and exit.
 func (s *service) Exec(ctx context.Context, req *connect.Request[pb.ExecRequest], stream *connect.ServerStream[pb.ExecResponse]) error {
 	r := req.Msg
@@ -483,5 +541,21 @@ func toProto(sb *sandbox.Sandbox) *pb.Sandbox {
 		EnvdAccessToken: sb.EnvdAccessToken,
 		Reason:          sb.Reason,
 		Driver:          sb.Driver,
+		Metrics:         metricsToProto(sb.Metrics),
+	}
+}
+
+func metricsToProto(m *sandbox.Metrics) *pb.Metrics {
+	if m == nil {
+		return nil
+	}
+	return &pb.Metrics{
+		SampledAt:      timestamp(m.Sampled),
+		CpuCount:       uint32(max(m.CPUCount, 0)),
+		CpuUsedPct:     m.CPUUsedPct,
+		MemTotalMib:    m.MemTotalMiB,
+		MemUsedMib:     m.MemUsedMiB,
+		DiskUsedBytes:  m.DiskUsed,
+		DiskTotalBytes: m.DiskTotal,
 	}
 }

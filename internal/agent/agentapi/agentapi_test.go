@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -270,6 +271,37 @@ func TestSandboxOverAPI(t *testing.T) {
 		t.Fatalf("ReadFile() = %d bytes, %v; want what was written", back.Len(), err)
 	}
 	rs.Close()
+
+	// ListDir: the file just written, with its size; a missing directory
+	// is NotFound.
+	os.Mkdir(filepath.Join(filepath.Dir(path), "sub"), 0o755)
+	ld, err := c.ListDir(ctx(t), connect.NewRequest(&pb.ListDirRequest{SandboxId: "api-1", Path: filepath.Dir(path)}))
+	if err != nil {
+		t.Fatalf("ListDir() = %v", err)
+	}
+	if e := ld.Msg.GetEntries(); len(e) != 2 || e[0].GetName() != "sub" || e[0].GetType() != "dir" ||
+		e[1].GetName() != "f.bin" || e[1].GetType() != "file" || e[1].GetSize() != uint64(len(data)) || e[1].GetPath() != path {
+		t.Fatalf("ListDir() = %v; want sub/ then f.bin of %d bytes", e, len(data))
+	}
+	if _, err := c.ListDir(ctx(t), connect.NewRequest(&pb.ListDirRequest{SandboxId: "api-1", Path: path + ".missing"})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("ListDir(missing) = %v, want not_found", err)
+	}
+
+	// Pause: exec is refused until resume, which also sets a new lifetime.
+	pr, err := c.PauseSandbox(ctx(t), connect.NewRequest(&pb.PauseSandboxRequest{Id: "api-1"}))
+	if err != nil || pr.Msg.GetSandbox().GetState() != pb.SandboxState_SANDBOX_STATE_PAUSED {
+		t.Fatalf("PauseSandbox() = %v, %v; want paused", pr, err)
+	}
+	if _, err := c.ListDir(ctx(t), connect.NewRequest(&pb.ListDirRequest{SandboxId: "api-1", Path: "/"})); connect.CodeOf(err) != connect.CodeFailedPrecondition {
+		t.Errorf("ListDir() while paused = %v, want failed_precondition", err)
+	}
+	rr, err := c.ResumeSandbox(ctx(t), connect.NewRequest(&pb.ResumeSandboxRequest{Id: "api-1", TimeoutSeconds: 900}))
+	if err != nil || rr.Msg.GetSandbox().GetState() != pb.SandboxState_SANDBOX_STATE_RUNNING {
+		t.Fatalf("ResumeSandbox() = %v, %v; want running", rr, err)
+	}
+	if d := time.Until(rr.Msg.GetSandbox().GetExpiresAt().AsTime()); d < 890*time.Second || d > 901*time.Second {
+		t.Errorf("after ResumeSandbox(timeout 900) the sandbox expires in %s", d)
+	}
 
 	// Pty: open, type, resize, exit.
 	ps := c.Pty(ctx(t))

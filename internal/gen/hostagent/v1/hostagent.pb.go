@@ -115,8 +115,10 @@ type Sandbox struct {
 	EnvdUrl         string `protobuf:"bytes,11,opt,name=envd_url,json=envdUrl,proto3" json:"envd_url,omitempty"`
 	EnvdAccessToken string `protobuf:"bytes,12,opt,name=envd_access_token,json=envdAccessToken,proto3" json:"envd_access_token,omitempty"`
 	// Why the sandbox is dead or stopped, when it is.
-	Reason        string `protobuf:"bytes,13,opt,name=reason,proto3" json:"reason,omitempty"`
-	Driver        string `protobuf:"bytes,14,opt,name=driver,proto3" json:"driver,omitempty"`
+	Reason string `protobuf:"bytes,13,opt,name=reason,proto3" json:"reason,omitempty"`
+	Driver string `protobuf:"bytes,14,opt,name=driver,proto3" json:"driver,omitempty"`
+	// metrics is the latest resource sample; unset when there is none.
+	Metrics       *Metrics `protobuf:"bytes,15,opt,name=metrics,proto3" json:"metrics,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -249,6 +251,105 @@ func (x *Sandbox) GetDriver() string {
 	return ""
 }
 
+func (x *Sandbox) GetMetrics() *Metrics {
+	if x != nil {
+		return x.Metrics
+	}
+	return nil
+}
+
+type Metrics struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SampledAt      *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=sampled_at,json=sampledAt,proto3" json:"sampled_at,omitempty"`
+	CpuCount       uint32                 `protobuf:"varint,2,opt,name=cpu_count,json=cpuCount,proto3" json:"cpu_count,omitempty"`
+	CpuUsedPct     float64                `protobuf:"fixed64,3,opt,name=cpu_used_pct,json=cpuUsedPct,proto3" json:"cpu_used_pct,omitempty"`
+	MemTotalMib    uint64                 `protobuf:"varint,4,opt,name=mem_total_mib,json=memTotalMib,proto3" json:"mem_total_mib,omitempty"`
+	MemUsedMib     uint64                 `protobuf:"varint,5,opt,name=mem_used_mib,json=memUsedMib,proto3" json:"mem_used_mib,omitempty"`
+	DiskUsedBytes  uint64                 `protobuf:"varint,6,opt,name=disk_used_bytes,json=diskUsedBytes,proto3" json:"disk_used_bytes,omitempty"`
+	DiskTotalBytes uint64                 `protobuf:"varint,7,opt,name=disk_total_bytes,json=diskTotalBytes,proto3" json:"disk_total_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Metrics) Reset() {
+	*x = Metrics{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Metrics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Metrics) ProtoMessage() {}
+
+func (x *Metrics) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Metrics.ProtoReflect.Descriptor instead.
+func (*Metrics) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Metrics) GetSampledAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SampledAt
+	}
+	return nil
+}
+
+func (x *Metrics) GetCpuCount() uint32 {
+	if x != nil {
+		return x.CpuCount
+	}
+	return 0
+}
+
+func (x *Metrics) GetCpuUsedPct() float64 {
+	if x != nil {
+		return x.CpuUsedPct
+	}
+	return 0
+}
+
+func (x *Metrics) GetMemTotalMib() uint64 {
+	if x != nil {
+		return x.MemTotalMib
+	}
+	return 0
+}
+
+func (x *Metrics) GetMemUsedMib() uint64 {
+	if x != nil {
+		return x.MemUsedMib
+	}
+	return 0
+}
+
+func (x *Metrics) GetDiskUsedBytes() uint64 {
+	if x != nil {
+		return x.DiskUsedBytes
+	}
+	return 0
+}
+
+func (x *Metrics) GetDiskTotalBytes() uint64 {
+	if x != nil {
+		return x.DiskTotalBytes
+	}
+	return 0
+}
+
 type CreateSandboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Optional: the control plane chooses ids; the agent makes one when empty.
@@ -268,7 +369,7 @@ type CreateSandboxRequest struct {
 
 func (x *CreateSandboxRequest) Reset() {
 	*x = CreateSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +381,7 @@ func (x *CreateSandboxRequest) String() string {
 func (*CreateSandboxRequest) ProtoMessage() {}
 
 func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[1]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +394,7 @@ func (x *CreateSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxRequest.ProtoReflect.Descriptor instead.
 func (*CreateSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *CreateSandboxRequest) GetId() string {
@@ -361,7 +462,7 @@ type CreateSandboxResponse struct {
 
 func (x *CreateSandboxResponse) Reset() {
 	*x = CreateSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +474,7 @@ func (x *CreateSandboxResponse) String() string {
 func (*CreateSandboxResponse) ProtoMessage() {}
 
 func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[2]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +487,7 @@ func (x *CreateSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSandboxResponse.ProtoReflect.Descriptor instead.
 func (*CreateSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{2}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CreateSandboxResponse) GetSandbox() *Sandbox {
@@ -405,7 +506,7 @@ type GetSandboxRequest struct {
 
 func (x *GetSandboxRequest) Reset() {
 	*x = GetSandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +518,7 @@ func (x *GetSandboxRequest) String() string {
 func (*GetSandboxRequest) ProtoMessage() {}
 
 func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[3]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +531,7 @@ func (x *GetSandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxRequest.ProtoReflect.Descriptor instead.
 func (*GetSandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{3}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetSandboxRequest) GetId() string {
@@ -449,7 +550,7 @@ type GetSandboxResponse struct {
 
 func (x *GetSandboxResponse) Reset() {
 	*x = GetSandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +562,7 @@ func (x *GetSandboxResponse) String() string {
 func (*GetSandboxResponse) ProtoMessage() {}
 
 func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[4]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +575,7 @@ func (x *GetSandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSandboxResponse.ProtoReflect.Descriptor instead.
 func (*GetSandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{4}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetSandboxResponse) GetSandbox() *Sandbox {
@@ -492,7 +593,7 @@ type ListSandboxesRequest struct {
 
 func (x *ListSandboxesRequest) Reset() {
 	*x = ListSandboxesRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +605,7 @@ func (x *ListSandboxesRequest) String() string {
 func (*ListSandboxesRequest) ProtoMessage() {}
 
 func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[5]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +618,7 @@ func (x *ListSandboxesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesRequest.ProtoReflect.Descriptor instead.
 func (*ListSandboxesRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{5}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{6}
 }
 
 type ListSandboxesResponse struct {
@@ -529,7 +630,7 @@ type ListSandboxesResponse struct {
 
 func (x *ListSandboxesResponse) Reset() {
 	*x = ListSandboxesResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +642,7 @@ func (x *ListSandboxesResponse) String() string {
 func (*ListSandboxesResponse) ProtoMessage() {}
 
 func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[6]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +655,7 @@ func (x *ListSandboxesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSandboxesResponse.ProtoReflect.Descriptor instead.
 func (*ListSandboxesResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{6}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListSandboxesResponse) GetSandboxes() []*Sandbox {
@@ -573,7 +674,7 @@ type DestroySandboxRequest struct {
 
 func (x *DestroySandboxRequest) Reset() {
 	*x = DestroySandboxRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -585,7 +686,7 @@ func (x *DestroySandboxRequest) String() string {
 func (*DestroySandboxRequest) ProtoMessage() {}
 
 func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[7]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -598,7 +699,7 @@ func (x *DestroySandboxRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxRequest.ProtoReflect.Descriptor instead.
 func (*DestroySandboxRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{7}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DestroySandboxRequest) GetId() string {
@@ -616,7 +717,7 @@ type DestroySandboxResponse struct {
 
 func (x *DestroySandboxResponse) Reset() {
 	*x = DestroySandboxResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +729,7 @@ func (x *DestroySandboxResponse) String() string {
 func (*DestroySandboxResponse) ProtoMessage() {}
 
 func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[8]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +742,7 @@ func (x *DestroySandboxResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DestroySandboxResponse.ProtoReflect.Descriptor instead.
 func (*DestroySandboxResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{8}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
 }
 
 type SetTimeoutRequest struct {
@@ -654,7 +755,7 @@ type SetTimeoutRequest struct {
 
 func (x *SetTimeoutRequest) Reset() {
 	*x = SetTimeoutRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -666,7 +767,7 @@ func (x *SetTimeoutRequest) String() string {
 func (*SetTimeoutRequest) ProtoMessage() {}
 
 func (x *SetTimeoutRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[9]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -679,7 +780,7 @@ func (x *SetTimeoutRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeoutRequest.ProtoReflect.Descriptor instead.
 func (*SetTimeoutRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{9}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SetTimeoutRequest) GetId() string {
@@ -705,7 +806,7 @@ type SetTimeoutResponse struct {
 
 func (x *SetTimeoutResponse) Reset() {
 	*x = SetTimeoutResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +818,7 @@ func (x *SetTimeoutResponse) String() string {
 func (*SetTimeoutResponse) ProtoMessage() {}
 
 func (x *SetTimeoutResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[10]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +831,7 @@ func (x *SetTimeoutResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetTimeoutResponse.ProtoReflect.Descriptor instead.
 func (*SetTimeoutResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{10}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SetTimeoutResponse) GetExpiresAt() *timestamppb.Timestamp {
@@ -758,7 +859,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +871,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[11]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +884,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{11}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExecRequest) GetSandboxId() string {
@@ -857,7 +958,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +970,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[12]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +983,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExecResponse) GetEvent() isExecResponse_Event {
@@ -969,7 +1070,7 @@ type WriteFileRequest struct {
 
 func (x *WriteFileRequest) Reset() {
 	*x = WriteFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1082,7 @@ func (x *WriteFileRequest) String() string {
 func (*WriteFileRequest) ProtoMessage() {}
 
 func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[13]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1095,7 @@ func (x *WriteFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WriteFileRequest) GetPart() isWriteFileRequest_Part {
@@ -1048,7 +1149,7 @@ type WriteFileResponse struct {
 
 func (x *WriteFileResponse) Reset() {
 	*x = WriteFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1161,7 @@ func (x *WriteFileResponse) String() string {
 func (*WriteFileResponse) ProtoMessage() {}
 
 func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[14]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1174,7 @@ func (x *WriteFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileResponse.ProtoReflect.Descriptor instead.
 func (*WriteFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WriteFileResponse) GetPath() string {
@@ -1101,7 +1202,7 @@ type ReadFileRequest struct {
 
 func (x *ReadFileRequest) Reset() {
 	*x = ReadFileRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1214,7 @@ func (x *ReadFileRequest) String() string {
 func (*ReadFileRequest) ProtoMessage() {}
 
 func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[15]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1227,7 @@ func (x *ReadFileRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileRequest.ProtoReflect.Descriptor instead.
 func (*ReadFileRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{15}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReadFileRequest) GetSandboxId() string {
@@ -1159,7 +1260,7 @@ type ReadFileResponse struct {
 
 func (x *ReadFileResponse) Reset() {
 	*x = ReadFileResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1171,7 +1272,7 @@ func (x *ReadFileResponse) String() string {
 func (*ReadFileResponse) ProtoMessage() {}
 
 func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[16]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1184,7 +1285,7 @@ func (x *ReadFileResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadFileResponse.ProtoReflect.Descriptor instead.
 func (*ReadFileResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{16}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReadFileResponse) GetData() []byte {
@@ -1208,7 +1309,7 @@ type PtyRequest struct {
 
 func (x *PtyRequest) Reset() {
 	*x = PtyRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1321,7 @@ func (x *PtyRequest) String() string {
 func (*PtyRequest) ProtoMessage() {}
 
 func (x *PtyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[17]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1334,7 @@ func (x *PtyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyRequest.ProtoReflect.Descriptor instead.
 func (*PtyRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PtyRequest) GetEvent() isPtyRequest_Event {
@@ -1306,7 +1407,7 @@ type PtyResponse struct {
 
 func (x *PtyResponse) Reset() {
 	*x = PtyResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1419,7 @@ func (x *PtyResponse) String() string {
 func (*PtyResponse) ProtoMessage() {}
 
 func (x *PtyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[18]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1432,7 @@ func (x *PtyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResponse.ProtoReflect.Descriptor instead.
 func (*PtyResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PtyResponse) GetEvent() isPtyResponse_Event {
@@ -1398,7 +1499,7 @@ type GetHostInfoRequest struct {
 
 func (x *GetHostInfoRequest) Reset() {
 	*x = GetHostInfoRequest{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1511,7 @@ func (x *GetHostInfoRequest) String() string {
 func (*GetHostInfoRequest) ProtoMessage() {}
 
 func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[19]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1524,7 @@ func (x *GetHostInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoRequest.ProtoReflect.Descriptor instead.
 func (*GetHostInfoRequest) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
 }
 
 type GetHostInfoResponse struct {
@@ -1445,7 +1546,7 @@ type GetHostInfoResponse struct {
 
 func (x *GetHostInfoResponse) Reset() {
 	*x = GetHostInfoResponse{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1558,7 @@ func (x *GetHostInfoResponse) String() string {
 func (*GetHostInfoResponse) ProtoMessage() {}
 
 func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[20]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1571,7 @@ func (x *GetHostInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostInfoResponse.ProtoReflect.Descriptor instead.
 func (*GetHostInfoResponse) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{20}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetHostInfoResponse) GetHostId() string {
@@ -1550,6 +1651,380 @@ func (x *GetHostInfoResponse) GetTemplates() []string {
 	return nil
 }
 
+type PauseSandboxRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxRequest) Reset() {
+	*x = PauseSandboxRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxRequest) ProtoMessage() {}
+
+func (x *PauseSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxRequest.ProtoReflect.Descriptor instead.
+func (*PauseSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *PauseSandboxRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type PauseSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PauseSandboxResponse) Reset() {
+	*x = PauseSandboxResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PauseSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PauseSandboxResponse) ProtoMessage() {}
+
+func (x *PauseSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PauseSandboxResponse.ProtoReflect.Descriptor instead.
+func (*PauseSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+type ResumeSandboxRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// timeout_seconds, when set, is the sandbox's new lifetime from now.
+	TimeoutSeconds uint32 `protobuf:"varint,2,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxRequest) Reset() {
+	*x = ResumeSandboxRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxRequest) ProtoMessage() {}
+
+func (x *ResumeSandboxRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxRequest.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ResumeSandboxRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ResumeSandboxRequest) GetTimeoutSeconds() uint32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+type ResumeSandboxResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Sandbox       *Sandbox               `protobuf:"bytes,1,opt,name=sandbox,proto3" json:"sandbox,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumeSandboxResponse) Reset() {
+	*x = ResumeSandboxResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumeSandboxResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumeSandboxResponse) ProtoMessage() {}
+
+func (x *ResumeSandboxResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumeSandboxResponse.ProtoReflect.Descriptor instead.
+func (*ResumeSandboxResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ResumeSandboxResponse) GetSandbox() *Sandbox {
+	if x != nil {
+		return x.Sandbox
+	}
+	return nil
+}
+
+type ListDirRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId     string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	User          string                 `protobuf:"bytes,3,opt,name=user,proto3" json:"user,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirRequest) Reset() {
+	*x = ListDirRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirRequest) ProtoMessage() {}
+
+func (x *ListDirRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirRequest.ProtoReflect.Descriptor instead.
+func (*ListDirRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListDirRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *ListDirRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *ListDirRequest) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+type DirEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Path  string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// type is "file", "dir" or "symlink".
+	Type          string                 `protobuf:"bytes,3,opt,name=type,proto3" json:"type,omitempty"`
+	Size          uint64                 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	Mode          uint32                 `protobuf:"varint,5,opt,name=mode,proto3" json:"mode,omitempty"`
+	ModifiedAt    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=modified_at,json=modifiedAt,proto3" json:"modified_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirEntry) Reset() {
+	*x = DirEntry{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirEntry) ProtoMessage() {}
+
+func (x *DirEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirEntry.ProtoReflect.Descriptor instead.
+func (*DirEntry) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *DirEntry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DirEntry) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *DirEntry) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *DirEntry) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *DirEntry) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *DirEntry) GetModifiedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ModifiedAt
+	}
+	return nil
+}
+
+type ListDirResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*DirEntry            `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDirResponse) Reset() {
+	*x = ListDirResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDirResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDirResponse) ProtoMessage() {}
+
+func (x *ListDirResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDirResponse.ProtoReflect.Descriptor instead.
+func (*ListDirResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ListDirResponse) GetEntries() []*DirEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 type ExecResponse_Started struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -1559,7 +2034,7 @@ type ExecResponse_Started struct {
 
 func (x *ExecResponse_Started) Reset() {
 	*x = ExecResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +2046,7 @@ func (x *ExecResponse_Started) String() string {
 func (*ExecResponse_Started) ProtoMessage() {}
 
 func (x *ExecResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[25]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +2059,7 @@ func (x *ExecResponse_Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse_Started.ProtoReflect.Descriptor instead.
 func (*ExecResponse_Started) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13, 0}
 }
 
 func (x *ExecResponse_Started) GetPid() uint32 {
@@ -1605,7 +2080,7 @@ type ExecResponse_Exited struct {
 
 func (x *ExecResponse_Exited) Reset() {
 	*x = ExecResponse_Exited{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +2092,7 @@ func (x *ExecResponse_Exited) String() string {
 func (*ExecResponse_Exited) ProtoMessage() {}
 
 func (x *ExecResponse_Exited) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[26]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +2105,7 @@ func (x *ExecResponse_Exited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse_Exited.ProtoReflect.Descriptor instead.
 func (*ExecResponse_Exited) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{12, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13, 1}
 }
 
 func (x *ExecResponse_Exited) GetExitCode() int32 {
@@ -1665,7 +2140,7 @@ type WriteFileRequest_Header struct {
 
 func (x *WriteFileRequest_Header) Reset() {
 	*x = WriteFileRequest_Header{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +2152,7 @@ func (x *WriteFileRequest_Header) String() string {
 func (*WriteFileRequest_Header) ProtoMessage() {}
 
 func (x *WriteFileRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[27]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +2165,7 @@ func (x *WriteFileRequest_Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteFileRequest_Header.ProtoReflect.Descriptor instead.
 func (*WriteFileRequest_Header) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{13, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{14, 0}
 }
 
 func (x *WriteFileRequest_Header) GetSandboxId() string {
@@ -1733,7 +2208,7 @@ type PtyRequest_Open struct {
 
 func (x *PtyRequest_Open) Reset() {
 	*x = PtyRequest_Open{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +2220,7 @@ func (x *PtyRequest_Open) String() string {
 func (*PtyRequest_Open) ProtoMessage() {}
 
 func (x *PtyRequest_Open) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[28]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +2233,7 @@ func (x *PtyRequest_Open) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyRequest_Open.ProtoReflect.Descriptor instead.
 func (*PtyRequest_Open) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18, 0}
 }
 
 func (x *PtyRequest_Open) GetSandboxId() string {
@@ -1834,7 +2309,7 @@ type PtyRequest_Resize struct {
 
 func (x *PtyRequest_Resize) Reset() {
 	*x = PtyRequest_Resize{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2321,7 @@ func (x *PtyRequest_Resize) String() string {
 func (*PtyRequest_Resize) ProtoMessage() {}
 
 func (x *PtyRequest_Resize) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2334,7 @@ func (x *PtyRequest_Resize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyRequest_Resize.ProtoReflect.Descriptor instead.
 func (*PtyRequest_Resize) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{17, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18, 1}
 }
 
 func (x *PtyRequest_Resize) GetCols() uint32 {
@@ -1885,7 +2360,7 @@ type PtyResponse_Started struct {
 
 func (x *PtyResponse_Started) Reset() {
 	*x = PtyResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2372,7 @@ func (x *PtyResponse_Started) String() string {
 func (*PtyResponse_Started) ProtoMessage() {}
 
 func (x *PtyResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2385,7 @@ func (x *PtyResponse_Started) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResponse_Started.ProtoReflect.Descriptor instead.
 func (*PtyResponse_Started) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18, 0}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19, 0}
 }
 
 func (x *PtyResponse_Started) GetPid() uint32 {
@@ -1930,7 +2405,7 @@ type PtyResponse_Exited struct {
 
 func (x *PtyResponse_Exited) Reset() {
 	*x = PtyResponse_Exited{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2417,7 @@ func (x *PtyResponse_Exited) String() string {
 func (*PtyResponse_Exited) ProtoMessage() {}
 
 func (x *PtyResponse_Exited) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2430,7 @@ func (x *PtyResponse_Exited) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PtyResponse_Exited.ProtoReflect.Descriptor instead.
 func (*PtyResponse_Exited) Descriptor() ([]byte, []int) {
-	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{18, 1}
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{19, 1}
 }
 
 func (x *PtyResponse_Exited) GetExitCode() int32 {
@@ -1976,7 +2451,7 @@ var File_hostagent_v1_hostagent_proto protoreflect.FileDescriptor
 
 const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
-	"\x1chostagent/v1/hostagent.proto\x12\x12wrenn.hostagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x04\n" +
+	"\x1chostagent/v1/hostagent.proto\x12\x12wrenn.hostagent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfb\x04\n" +
 	"\aSandbox\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x126\n" +
@@ -1995,10 +2470,22 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\benvd_url\x18\v \x01(\tR\aenvdUrl\x12*\n" +
 	"\x11envd_access_token\x18\f \x01(\tR\x0fenvdAccessToken\x12\x16\n" +
 	"\x06reason\x18\r \x01(\tR\x06reason\x12\x16\n" +
-	"\x06driver\x18\x0e \x01(\tR\x06driver\x1a;\n" +
+	"\x06driver\x18\x0e \x01(\tR\x06driver\x125\n" +
+	"\ametrics\x18\x0f \x01(\v2\x1b.wrenn.hostagent.v1.MetricsR\ametrics\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd7\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9b\x02\n" +
+	"\aMetrics\x129\n" +
+	"\n" +
+	"sampled_at\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tsampledAt\x12\x1b\n" +
+	"\tcpu_count\x18\x02 \x01(\rR\bcpuCount\x12 \n" +
+	"\fcpu_used_pct\x18\x03 \x01(\x01R\n" +
+	"cpuUsedPct\x12\"\n" +
+	"\rmem_total_mib\x18\x04 \x01(\x04R\vmemTotalMib\x12 \n" +
+	"\fmem_used_mib\x18\x05 \x01(\x04R\n" +
+	"memUsedMib\x12&\n" +
+	"\x0fdisk_used_bytes\x18\x06 \x01(\x04R\rdiskUsedBytes\x12(\n" +
+	"\x10disk_total_bytes\x18\a \x01(\x04R\x0ediskTotalBytes\"\xd7\x03\n" +
 	"\x14CreateSandboxRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\btemplate\x18\x02 \x01(\tR\btemplate\x12\x14\n" +
@@ -2126,7 +2613,31 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\n" +
 	"slots_free\x18\n" +
 	" \x01(\rR\tslotsFree\x12\x1c\n" +
-	"\ttemplates\x18\v \x03(\tR\ttemplates*\x84\x02\n" +
+	"\ttemplates\x18\v \x03(\tR\ttemplates\"%\n" +
+	"\x13PauseSandboxRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
+	"\x14PauseSandboxResponse\x125\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1b.wrenn.hostagent.v1.SandboxR\asandbox\"O\n" +
+	"\x14ResumeSandboxRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
+	"\x0ftimeout_seconds\x18\x02 \x01(\rR\x0etimeoutSeconds\"N\n" +
+	"\x15ResumeSandboxResponse\x125\n" +
+	"\asandbox\x18\x01 \x01(\v2\x1b.wrenn.hostagent.v1.SandboxR\asandbox\"W\n" +
+	"\x0eListDirRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04user\x18\x03 \x01(\tR\x04user\"\xab\x01\n" +
+	"\bDirEntry\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\tR\x04type\x12\x12\n" +
+	"\x04size\x18\x04 \x01(\x04R\x04size\x12\x12\n" +
+	"\x04mode\x18\x05 \x01(\rR\x04mode\x12;\n" +
+	"\vmodified_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"modifiedAt\"I\n" +
+	"\x0fListDirResponse\x126\n" +
+	"\aentries\x18\x01 \x03(\v2\x1c.wrenn.hostagent.v1.DirEntryR\aentries*\x84\x02\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -2136,7 +2647,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x16SANDBOX_STATE_RESUMING\x10\x05\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STOPPING\x10\x06\x12\x19\n" +
 	"\x15SANDBOX_STATE_STOPPED\x10\a\x12\x16\n" +
-	"\x12SANDBOX_STATE_DEAD\x10\b2\xa8\a\n" +
+	"\x12SANDBOX_STATE_DEAD\x10\b2\xc5\t\n" +
 	"\tHostAgent\x12d\n" +
 	"\rCreateSandbox\x12(.wrenn.hostagent.v1.CreateSandboxRequest\x1a).wrenn.hostagent.v1.CreateSandboxResponse\x12[\n" +
 	"\n" +
@@ -2149,7 +2660,10 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\tWriteFile\x12$.wrenn.hostagent.v1.WriteFileRequest\x1a%.wrenn.hostagent.v1.WriteFileResponse(\x01\x12W\n" +
 	"\bReadFile\x12#.wrenn.hostagent.v1.ReadFileRequest\x1a$.wrenn.hostagent.v1.ReadFileResponse0\x01\x12J\n" +
 	"\x03Pty\x12\x1e.wrenn.hostagent.v1.PtyRequest\x1a\x1f.wrenn.hostagent.v1.PtyResponse(\x010\x01\x12^\n" +
-	"\vGetHostInfo\x12&.wrenn.hostagent.v1.GetHostInfoRequest\x1a'.wrenn.hostagent.v1.GetHostInfoResponseB\xc9\x01\n" +
+	"\vGetHostInfo\x12&.wrenn.hostagent.v1.GetHostInfoRequest\x1a'.wrenn.hostagent.v1.GetHostInfoResponse\x12a\n" +
+	"\fPauseSandbox\x12'.wrenn.hostagent.v1.PauseSandboxRequest\x1a(.wrenn.hostagent.v1.PauseSandboxResponse\x12d\n" +
+	"\rResumeSandbox\x12(.wrenn.hostagent.v1.ResumeSandboxRequest\x1a).wrenn.hostagent.v1.ResumeSandboxResponse\x12R\n" +
+	"\aListDir\x12\".wrenn.hostagent.v1.ListDirRequest\x1a#.wrenn.hostagent.v1.ListDirResponseB\xc9\x01\n" +
 	"\x16com.wrenn.hostagent.v1B\x0eHostagentProtoP\x01Z5wrenn.dev/wrenn/internal/gen/hostagent/v1;hostagentv1\xa2\x02\x03WHX\xaa\x02\x12Wrenn.Hostagent.V1\xca\x02\x12Wrenn\\Hostagent\\V1\xe2\x02\x1eWrenn\\Hostagent\\V1\\GPBMetadata\xea\x02\x14Wrenn::Hostagent::V1b\x06proto3"
 
 var (
@@ -2165,89 +2679,109 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),               // 0: wrenn.hostagent.v1.SandboxState
 	(*Sandbox)(nil),                 // 1: wrenn.hostagent.v1.Sandbox
-	(*CreateSandboxRequest)(nil),    // 2: wrenn.hostagent.v1.CreateSandboxRequest
-	(*CreateSandboxResponse)(nil),   // 3: wrenn.hostagent.v1.CreateSandboxResponse
-	(*GetSandboxRequest)(nil),       // 4: wrenn.hostagent.v1.GetSandboxRequest
-	(*GetSandboxResponse)(nil),      // 5: wrenn.hostagent.v1.GetSandboxResponse
-	(*ListSandboxesRequest)(nil),    // 6: wrenn.hostagent.v1.ListSandboxesRequest
-	(*ListSandboxesResponse)(nil),   // 7: wrenn.hostagent.v1.ListSandboxesResponse
-	(*DestroySandboxRequest)(nil),   // 8: wrenn.hostagent.v1.DestroySandboxRequest
-	(*DestroySandboxResponse)(nil),  // 9: wrenn.hostagent.v1.DestroySandboxResponse
-	(*SetTimeoutRequest)(nil),       // 10: wrenn.hostagent.v1.SetTimeoutRequest
-	(*SetTimeoutResponse)(nil),      // 11: wrenn.hostagent.v1.SetTimeoutResponse
-	(*ExecRequest)(nil),             // 12: wrenn.hostagent.v1.ExecRequest
-	(*ExecResponse)(nil),            // 13: wrenn.hostagent.v1.ExecResponse
-	(*WriteFileRequest)(nil),        // 14: wrenn.hostagent.v1.WriteFileRequest
-	(*WriteFileResponse)(nil),       // 15: wrenn.hostagent.v1.WriteFileResponse
-	(*ReadFileRequest)(nil),         // 16: wrenn.hostagent.v1.ReadFileRequest
-	(*ReadFileResponse)(nil),        // 17: wrenn.hostagent.v1.ReadFileResponse
-	(*PtyRequest)(nil),              // 18: wrenn.hostagent.v1.PtyRequest
-	(*PtyResponse)(nil),             // 19: wrenn.hostagent.v1.PtyResponse
-	(*GetHostInfoRequest)(nil),      // 20: wrenn.hostagent.v1.GetHostInfoRequest
-	(*GetHostInfoResponse)(nil),     // 21: wrenn.hostagent.v1.GetHostInfoResponse
-	nil,                             // 22: wrenn.hostagent.v1.Sandbox.MetadataEntry
-	nil,                             // 23: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                             // 24: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                             // 25: wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	(*ExecResponse_Started)(nil),    // 26: wrenn.hostagent.v1.ExecResponse.Started
-	(*ExecResponse_Exited)(nil),     // 27: wrenn.hostagent.v1.ExecResponse.Exited
-	(*WriteFileRequest_Header)(nil), // 28: wrenn.hostagent.v1.WriteFileRequest.Header
-	(*PtyRequest_Open)(nil),         // 29: wrenn.hostagent.v1.PtyRequest.Open
-	(*PtyRequest_Resize)(nil),       // 30: wrenn.hostagent.v1.PtyRequest.Resize
-	nil,                             // 31: wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
-	(*PtyResponse_Started)(nil),     // 32: wrenn.hostagent.v1.PtyResponse.Started
-	(*PtyResponse_Exited)(nil),      // 33: wrenn.hostagent.v1.PtyResponse.Exited
-	(*timestamppb.Timestamp)(nil),   // 34: google.protobuf.Timestamp
+	(*Metrics)(nil),                 // 2: wrenn.hostagent.v1.Metrics
+	(*CreateSandboxRequest)(nil),    // 3: wrenn.hostagent.v1.CreateSandboxRequest
+	(*CreateSandboxResponse)(nil),   // 4: wrenn.hostagent.v1.CreateSandboxResponse
+	(*GetSandboxRequest)(nil),       // 5: wrenn.hostagent.v1.GetSandboxRequest
+	(*GetSandboxResponse)(nil),      // 6: wrenn.hostagent.v1.GetSandboxResponse
+	(*ListSandboxesRequest)(nil),    // 7: wrenn.hostagent.v1.ListSandboxesRequest
+	(*ListSandboxesResponse)(nil),   // 8: wrenn.hostagent.v1.ListSandboxesResponse
+	(*DestroySandboxRequest)(nil),   // 9: wrenn.hostagent.v1.DestroySandboxRequest
+	(*DestroySandboxResponse)(nil),  // 10: wrenn.hostagent.v1.DestroySandboxResponse
+	(*SetTimeoutRequest)(nil),       // 11: wrenn.hostagent.v1.SetTimeoutRequest
+	(*SetTimeoutResponse)(nil),      // 12: wrenn.hostagent.v1.SetTimeoutResponse
+	(*ExecRequest)(nil),             // 13: wrenn.hostagent.v1.ExecRequest
+	(*ExecResponse)(nil),            // 14: wrenn.hostagent.v1.ExecResponse
+	(*WriteFileRequest)(nil),        // 15: wrenn.hostagent.v1.WriteFileRequest
+	(*WriteFileResponse)(nil),       // 16: wrenn.hostagent.v1.WriteFileResponse
+	(*ReadFileRequest)(nil),         // 17: wrenn.hostagent.v1.ReadFileRequest
+	(*ReadFileResponse)(nil),        // 18: wrenn.hostagent.v1.ReadFileResponse
+	(*PtyRequest)(nil),              // 19: wrenn.hostagent.v1.PtyRequest
+	(*PtyResponse)(nil),             // 20: wrenn.hostagent.v1.PtyResponse
+	(*GetHostInfoRequest)(nil),      // 21: wrenn.hostagent.v1.GetHostInfoRequest
+	(*GetHostInfoResponse)(nil),     // 22: wrenn.hostagent.v1.GetHostInfoResponse
+	(*PauseSandboxRequest)(nil),     // 23: wrenn.hostagent.v1.PauseSandboxRequest
+	(*PauseSandboxResponse)(nil),    // 24: wrenn.hostagent.v1.PauseSandboxResponse
+	(*ResumeSandboxRequest)(nil),    // 25: wrenn.hostagent.v1.ResumeSandboxRequest
+	(*ResumeSandboxResponse)(nil),   // 26: wrenn.hostagent.v1.ResumeSandboxResponse
+	(*ListDirRequest)(nil),          // 27: wrenn.hostagent.v1.ListDirRequest
+	(*DirEntry)(nil),                // 28: wrenn.hostagent.v1.DirEntry
+	(*ListDirResponse)(nil),         // 29: wrenn.hostagent.v1.ListDirResponse
+	nil,                             // 30: wrenn.hostagent.v1.Sandbox.MetadataEntry
+	nil,                             // 31: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                             // 32: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                             // 33: wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	(*ExecResponse_Started)(nil),    // 34: wrenn.hostagent.v1.ExecResponse.Started
+	(*ExecResponse_Exited)(nil),     // 35: wrenn.hostagent.v1.ExecResponse.Exited
+	(*WriteFileRequest_Header)(nil), // 36: wrenn.hostagent.v1.WriteFileRequest.Header
+	(*PtyRequest_Open)(nil),         // 37: wrenn.hostagent.v1.PtyRequest.Open
+	(*PtyRequest_Resize)(nil),       // 38: wrenn.hostagent.v1.PtyRequest.Resize
+	nil,                             // 39: wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
+	(*PtyResponse_Started)(nil),     // 40: wrenn.hostagent.v1.PtyResponse.Started
+	(*PtyResponse_Exited)(nil),      // 41: wrenn.hostagent.v1.PtyResponse.Exited
+	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.Sandbox.state:type_name -> wrenn.hostagent.v1.SandboxState
-	34, // 1: wrenn.hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	34, // 2: wrenn.hostagent.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	22, // 3: wrenn.hostagent.v1.Sandbox.metadata:type_name -> wrenn.hostagent.v1.Sandbox.MetadataEntry
-	23, // 4: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	24, // 5: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
-	1,  // 6: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	1,  // 7: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	1,  // 8: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.Sandbox
-	34, // 9: wrenn.hostagent.v1.SetTimeoutResponse.expires_at:type_name -> google.protobuf.Timestamp
-	25, // 10: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	26, // 11: wrenn.hostagent.v1.ExecResponse.started:type_name -> wrenn.hostagent.v1.ExecResponse.Started
-	27, // 12: wrenn.hostagent.v1.ExecResponse.exited:type_name -> wrenn.hostagent.v1.ExecResponse.Exited
-	28, // 13: wrenn.hostagent.v1.WriteFileRequest.header:type_name -> wrenn.hostagent.v1.WriteFileRequest.Header
-	29, // 14: wrenn.hostagent.v1.PtyRequest.open:type_name -> wrenn.hostagent.v1.PtyRequest.Open
-	30, // 15: wrenn.hostagent.v1.PtyRequest.resize:type_name -> wrenn.hostagent.v1.PtyRequest.Resize
-	32, // 16: wrenn.hostagent.v1.PtyResponse.started:type_name -> wrenn.hostagent.v1.PtyResponse.Started
-	33, // 17: wrenn.hostagent.v1.PtyResponse.exited:type_name -> wrenn.hostagent.v1.PtyResponse.Exited
-	31, // 18: wrenn.hostagent.v1.PtyRequest.Open.envs:type_name -> wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
-	2,  // 19: wrenn.hostagent.v1.HostAgent.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	4,  // 20: wrenn.hostagent.v1.HostAgent.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	6,  // 21: wrenn.hostagent.v1.HostAgent.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	8,  // 22: wrenn.hostagent.v1.HostAgent.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	10, // 23: wrenn.hostagent.v1.HostAgent.SetTimeout:input_type -> wrenn.hostagent.v1.SetTimeoutRequest
-	12, // 24: wrenn.hostagent.v1.HostAgent.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	14, // 25: wrenn.hostagent.v1.HostAgent.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
-	16, // 26: wrenn.hostagent.v1.HostAgent.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
-	18, // 27: wrenn.hostagent.v1.HostAgent.Pty:input_type -> wrenn.hostagent.v1.PtyRequest
-	20, // 28: wrenn.hostagent.v1.HostAgent.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
-	3,  // 29: wrenn.hostagent.v1.HostAgent.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	5,  // 30: wrenn.hostagent.v1.HostAgent.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	7,  // 31: wrenn.hostagent.v1.HostAgent.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	9,  // 32: wrenn.hostagent.v1.HostAgent.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	11, // 33: wrenn.hostagent.v1.HostAgent.SetTimeout:output_type -> wrenn.hostagent.v1.SetTimeoutResponse
-	13, // 34: wrenn.hostagent.v1.HostAgent.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	15, // 35: wrenn.hostagent.v1.HostAgent.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	17, // 36: wrenn.hostagent.v1.HostAgent.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
-	19, // 37: wrenn.hostagent.v1.HostAgent.Pty:output_type -> wrenn.hostagent.v1.PtyResponse
-	21, // 38: wrenn.hostagent.v1.HostAgent.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
-	29, // [29:39] is the sub-list for method output_type
-	19, // [19:29] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	42, // 1: wrenn.hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	42, // 2: wrenn.hostagent.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	30, // 3: wrenn.hostagent.v1.Sandbox.metadata:type_name -> wrenn.hostagent.v1.Sandbox.MetadataEntry
+	2,  // 4: wrenn.hostagent.v1.Sandbox.metrics:type_name -> wrenn.hostagent.v1.Metrics
+	42, // 5: wrenn.hostagent.v1.Metrics.sampled_at:type_name -> google.protobuf.Timestamp
+	31, // 6: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	32, // 7: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	1,  // 8: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	1,  // 9: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	1,  // 10: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.Sandbox
+	42, // 11: wrenn.hostagent.v1.SetTimeoutResponse.expires_at:type_name -> google.protobuf.Timestamp
+	33, // 12: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	34, // 13: wrenn.hostagent.v1.ExecResponse.started:type_name -> wrenn.hostagent.v1.ExecResponse.Started
+	35, // 14: wrenn.hostagent.v1.ExecResponse.exited:type_name -> wrenn.hostagent.v1.ExecResponse.Exited
+	36, // 15: wrenn.hostagent.v1.WriteFileRequest.header:type_name -> wrenn.hostagent.v1.WriteFileRequest.Header
+	37, // 16: wrenn.hostagent.v1.PtyRequest.open:type_name -> wrenn.hostagent.v1.PtyRequest.Open
+	38, // 17: wrenn.hostagent.v1.PtyRequest.resize:type_name -> wrenn.hostagent.v1.PtyRequest.Resize
+	40, // 18: wrenn.hostagent.v1.PtyResponse.started:type_name -> wrenn.hostagent.v1.PtyResponse.Started
+	41, // 19: wrenn.hostagent.v1.PtyResponse.exited:type_name -> wrenn.hostagent.v1.PtyResponse.Exited
+	1,  // 20: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	1,  // 21: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
+	42, // 22: wrenn.hostagent.v1.DirEntry.modified_at:type_name -> google.protobuf.Timestamp
+	28, // 23: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.DirEntry
+	39, // 24: wrenn.hostagent.v1.PtyRequest.Open.envs:type_name -> wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
+	3,  // 25: wrenn.hostagent.v1.HostAgent.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	5,  // 26: wrenn.hostagent.v1.HostAgent.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	7,  // 27: wrenn.hostagent.v1.HostAgent.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	9,  // 28: wrenn.hostagent.v1.HostAgent.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	11, // 29: wrenn.hostagent.v1.HostAgent.SetTimeout:input_type -> wrenn.hostagent.v1.SetTimeoutRequest
+	13, // 30: wrenn.hostagent.v1.HostAgent.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	15, // 31: wrenn.hostagent.v1.HostAgent.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
+	17, // 32: wrenn.hostagent.v1.HostAgent.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
+	19, // 33: wrenn.hostagent.v1.HostAgent.Pty:input_type -> wrenn.hostagent.v1.PtyRequest
+	21, // 34: wrenn.hostagent.v1.HostAgent.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
+	23, // 35: wrenn.hostagent.v1.HostAgent.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	25, // 36: wrenn.hostagent.v1.HostAgent.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	27, // 37: wrenn.hostagent.v1.HostAgent.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
+	4,  // 38: wrenn.hostagent.v1.HostAgent.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	6,  // 39: wrenn.hostagent.v1.HostAgent.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	8,  // 40: wrenn.hostagent.v1.HostAgent.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	10, // 41: wrenn.hostagent.v1.HostAgent.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	12, // 42: wrenn.hostagent.v1.HostAgent.SetTimeout:output_type -> wrenn.hostagent.v1.SetTimeoutResponse
+	14, // 43: wrenn.hostagent.v1.HostAgent.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	16, // 44: wrenn.hostagent.v1.HostAgent.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	18, // 45: wrenn.hostagent.v1.HostAgent.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
+	20, // 46: wrenn.hostagent.v1.HostAgent.Pty:output_type -> wrenn.hostagent.v1.PtyResponse
+	22, // 47: wrenn.hostagent.v1.HostAgent.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
+	24, // 48: wrenn.hostagent.v1.HostAgent.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	26, // 49: wrenn.hostagent.v1.HostAgent.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	29, // 50: wrenn.hostagent.v1.HostAgent.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
+	38, // [38:51] is the sub-list for method output_type
+	25, // [25:38] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -2255,22 +2789,22 @@ func file_hostagent_v1_hostagent_proto_init() {
 	if File_hostagent_v1_hostagent_proto != nil {
 		return
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[12].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[13].OneofWrappers = []any{
 		(*ExecResponse_Started_)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exited_)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[13].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[14].OneofWrappers = []any{
 		(*WriteFileRequest_Header_)(nil),
 		(*WriteFileRequest_Data)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[17].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[18].OneofWrappers = []any{
 		(*PtyRequest_Open_)(nil),
 		(*PtyRequest_Input)(nil),
 		(*PtyRequest_Resize_)(nil),
 	}
-	file_hostagent_v1_hostagent_proto_msgTypes[18].OneofWrappers = []any{
+	file_hostagent_v1_hostagent_proto_msgTypes[19].OneofWrappers = []any{
 		(*PtyResponse_Started_)(nil),
 		(*PtyResponse_Output)(nil),
 		(*PtyResponse_Exited_)(nil),
@@ -2281,7 +2815,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -62,6 +62,12 @@ const (
 	HostAgentPtyProcedure = "/wrenn.hostagent.v1.HostAgent/Pty"
 	// HostAgentGetHostInfoProcedure is the fully-qualified name of the HostAgent's GetHostInfo RPC.
 	HostAgentGetHostInfoProcedure = "/wrenn.hostagent.v1.HostAgent/GetHostInfo"
+	// HostAgentPauseSandboxProcedure is the fully-qualified name of the HostAgent's PauseSandbox RPC.
+	HostAgentPauseSandboxProcedure = "/wrenn.hostagent.v1.HostAgent/PauseSandbox"
+	// HostAgentResumeSandboxProcedure is the fully-qualified name of the HostAgent's ResumeSandbox RPC.
+	HostAgentResumeSandboxProcedure = "/wrenn.hostagent.v1.HostAgent/ResumeSandbox"
+	// HostAgentListDirProcedure is the fully-qualified name of the HostAgent's ListDir RPC.
+	HostAgentListDirProcedure = "/wrenn.hostagent.v1.HostAgent/ListDir"
 )
 
 // HostAgentClient is a client for the wrenn.hostagent.v1.HostAgent service.
@@ -86,6 +92,11 @@ type HostAgentClient interface {
 	Pty(context.Context) *connect.BidiStreamForClient[v1.PtyRequest, v1.PtyResponse]
 	// GetHostInfo reports the host's identity, driver and capacity.
 	GetHostInfo(context.Context, *connect.Request[v1.GetHostInfoRequest]) (*connect.Response[v1.GetHostInfoResponse], error)
+	// PauseSandbox pauses a running sandbox; ResumeSandbox runs it again.
+	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
+	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
+	// ListDir lists one directory in a running sandbox.
+	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
 }
 
 // NewHostAgentClient constructs a client for the wrenn.hostagent.v1.HostAgent service. By default,
@@ -159,6 +170,24 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("GetHostInfo")),
 			connect.WithClientOptions(opts...),
 		),
+		pauseSandbox: connect.NewClient[v1.PauseSandboxRequest, v1.PauseSandboxResponse](
+			httpClient,
+			baseURL+HostAgentPauseSandboxProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("PauseSandbox")),
+			connect.WithClientOptions(opts...),
+		),
+		resumeSandbox: connect.NewClient[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse](
+			httpClient,
+			baseURL+HostAgentResumeSandboxProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ResumeSandbox")),
+			connect.WithClientOptions(opts...),
+		),
+		listDir: connect.NewClient[v1.ListDirRequest, v1.ListDirResponse](
+			httpClient,
+			baseURL+HostAgentListDirProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("ListDir")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -174,6 +203,9 @@ type hostAgentClient struct {
 	readFile       *connect.Client[v1.ReadFileRequest, v1.ReadFileResponse]
 	pty            *connect.Client[v1.PtyRequest, v1.PtyResponse]
 	getHostInfo    *connect.Client[v1.GetHostInfoRequest, v1.GetHostInfoResponse]
+	pauseSandbox   *connect.Client[v1.PauseSandboxRequest, v1.PauseSandboxResponse]
+	resumeSandbox  *connect.Client[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse]
+	listDir        *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
 }
 
 // CreateSandbox calls wrenn.hostagent.v1.HostAgent.CreateSandbox.
@@ -226,6 +258,21 @@ func (c *hostAgentClient) GetHostInfo(ctx context.Context, req *connect.Request[
 	return c.getHostInfo.CallUnary(ctx, req)
 }
 
+// PauseSandbox calls wrenn.hostagent.v1.HostAgent.PauseSandbox.
+func (c *hostAgentClient) PauseSandbox(ctx context.Context, req *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error) {
+	return c.pauseSandbox.CallUnary(ctx, req)
+}
+
+// ResumeSandbox calls wrenn.hostagent.v1.HostAgent.ResumeSandbox.
+func (c *hostAgentClient) ResumeSandbox(ctx context.Context, req *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error) {
+	return c.resumeSandbox.CallUnary(ctx, req)
+}
+
+// ListDir calls wrenn.hostagent.v1.HostAgent.ListDir.
+func (c *hostAgentClient) ListDir(ctx context.Context, req *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
+	return c.listDir.CallUnary(ctx, req)
+}
+
 // HostAgentHandler is an implementation of the wrenn.hostagent.v1.HostAgent service.
 type HostAgentHandler interface {
 	// CreateSandbox boots a sandbox and returns once envd in it answers.
@@ -248,6 +295,11 @@ type HostAgentHandler interface {
 	Pty(context.Context, *connect.BidiStream[v1.PtyRequest, v1.PtyResponse]) error
 	// GetHostInfo reports the host's identity, driver and capacity.
 	GetHostInfo(context.Context, *connect.Request[v1.GetHostInfoRequest]) (*connect.Response[v1.GetHostInfoResponse], error)
+	// PauseSandbox pauses a running sandbox; ResumeSandbox runs it again.
+	PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error)
+	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
+	// ListDir lists one directory in a running sandbox.
+	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
 }
 
 // NewHostAgentHandler builds an HTTP handler from the service implementation. It returns the path
@@ -317,6 +369,24 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("GetHostInfo")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentPauseSandboxHandler := connect.NewUnaryHandler(
+		HostAgentPauseSandboxProcedure,
+		svc.PauseSandbox,
+		connect.WithSchema(hostAgentMethods.ByName("PauseSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentResumeSandboxHandler := connect.NewUnaryHandler(
+		HostAgentResumeSandboxProcedure,
+		svc.ResumeSandbox,
+		connect.WithSchema(hostAgentMethods.ByName("ResumeSandbox")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentListDirHandler := connect.NewUnaryHandler(
+		HostAgentListDirProcedure,
+		svc.ListDir,
+		connect.WithSchema(hostAgentMethods.ByName("ListDir")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/wrenn.hostagent.v1.HostAgent/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentCreateSandboxProcedure:
@@ -339,6 +409,12 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentPtyHandler.ServeHTTP(w, r)
 		case HostAgentGetHostInfoProcedure:
 			hostAgentGetHostInfoHandler.ServeHTTP(w, r)
+		case HostAgentPauseSandboxProcedure:
+			hostAgentPauseSandboxHandler.ServeHTTP(w, r)
+		case HostAgentResumeSandboxProcedure:
+			hostAgentResumeSandboxHandler.ServeHTTP(w, r)
+		case HostAgentListDirProcedure:
+			hostAgentListDirHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -386,4 +462,16 @@ func (UnimplementedHostAgentHandler) Pty(context.Context, *connect.BidiStream[v1
 
 func (UnimplementedHostAgentHandler) GetHostInfo(context.Context, *connect.Request[v1.GetHostInfoRequest]) (*connect.Response[v1.GetHostInfoResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.GetHostInfo is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) PauseSandbox(context.Context, *connect.Request[v1.PauseSandboxRequest]) (*connect.Response[v1.PauseSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.PauseSandbox is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.ResumeSandbox is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.ListDir is not implemented"))
 }
