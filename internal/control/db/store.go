@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -42,6 +43,8 @@ type APIKey struct {
 	CreatedAt  time.Time
 	LastUsedAt time.Time // zero when never used
 	RevokedAt  time.Time // zero when not revoked
+	// Role is "admin" or "member".
+	Role string
 }
 
 // NewAPIKey is what CreateAPIKey stores.
@@ -50,6 +53,7 @@ type NewAPIKey struct {
 	Name   string
 	Prefix string
 	Hash   []byte // SHA-256 of the key, 32 bytes
+	Role   string // "admin" or "member"
 }
 
 // CreateAPIKey stores a key's hash for a team.
@@ -69,9 +73,13 @@ func (d *DB) LookupAPIKeyByHash(ctx context.Context, hash []byte) (APIKey, error
 	if err != nil {
 		return APIKey{}, interpret(err, "API key")
 	}
-	if err := d.q.TouchAPIKey(ctx, d.pool, row.ID); err != nil {
-		// The key is valid; a lost last-used time is not worth failing for.
-		d.log.Warn("recording API key use", "key", row.ID, "err", err)
+	// The query writes at most once a minute; skipping the round trip when
+	// the row says so keeps authentication to one query per request.
+	if row.LastUsedAt == nil || time.Since(*row.LastUsedAt) > time.Minute {
+		if err := d.q.TouchAPIKey(ctx, d.pool, row.ID); err != nil {
+			// The key is valid; a lost last-used time is not worth failing for.
+			d.log.Warn("recording API key use", "key", row.ID, "err", err)
+		}
 	}
 	return apiKeyFromRow(row), nil
 }
@@ -80,7 +88,34 @@ func apiKeyFromRow(r dbq.APIKey) APIKey {
 	return APIKey{
 		ID: r.ID, TeamID: r.TeamID, Name: r.Name, Prefix: r.Prefix, Hash: r.Hash,
 		CreatedAt: r.CreatedAt, LastUsedAt: deref(r.LastUsedAt), RevokedAt: deref(r.RevokedAt),
+		Role: r.Role,
 	}
+}
+
+// ListAPIKeys returns a team's keys, revoked ones included, newest first.
+func (d *DB) ListAPIKeys(ctx context.Context, teamID string) ([]APIKey, error) {
+	rows, err := d.q.ListAPIKeys(ctx, d.pool, teamID)
+	if err != nil {
+		return nil, interpret(err, "API keys")
+	}
+	out := make([]APIKey, len(rows))
+	for i, r := range rows {
+		out[i] = apiKeyFromRow(r)
+	}
+	return out, nil
+}
+
+// RevokeAPIKey revokes team teamID's key id. A key that is not the team's,
+// or already revoked, is ErrNotFound.
+func (d *DB) RevokeAPIKey(ctx context.Context, teamID, id string) error {
+	n, err := d.q.RevokeAPIKey(ctx, d.pool, dbq.RevokeAPIKeyParams{ID: id, TeamID: teamID})
+	if err != nil {
+		return interpret(err, fmt.Sprintf("API key %q", id))
+	}
+	if n == 0 {
+		return errdefs.NotFound("API key %q not found", id)
+	}
+	return nil
 }
 
 // HostState is whether a host takes new sandboxes.
@@ -105,6 +140,10 @@ type Host struct {
 	State             HostState
 	LastHeartbeatAt   time.Time
 	CreatedAt         time.Time
+	// Usage, as the host's agent last reported it.
+	VCPUsUsed     int
+	MemoryMiBUsed int64
+	Sandboxes     int
 }
 
 // UpsertHost registers a host or updates what it reports about itself,
@@ -119,11 +158,85 @@ func (d *DB) UpsertHost(ctx context.Context, h Host) (Host, error) {
 	if err != nil {
 		return Host{}, interpret(err, fmt.Sprintf("host %q", h.ID))
 	}
+	return hostFromRow(row), nil
+}
+
+func hostFromRow(row dbq.Host) Host {
 	return Host{
 		ID: row.ID, Address: row.Address, Driver: row.Driver, Accelerator: row.Accelerator,
 		CapacityVCPUs: int(row.CapacityVCPUs), CapacityMemoryMiB: row.CapacityMemoryMiB,
 		State: HostState(row.State), LastHeartbeatAt: row.LastHeartbeatAt, CreatedAt: row.CreatedAt,
-	}, nil
+		VCPUsUsed: int(row.VcpusUsed), MemoryMiBUsed: row.MemoryMibUsed, Sandboxes: int(row.Sandboxes),
+	}
+}
+
+// ReportHost records a heartbeat with what the host's agent reported:
+// driver, capacity and usage. A host that was down is ready again; a
+// draining one stays draining. An unregistered host is ErrNotFound.
+func (d *DB) ReportHost(ctx context.Context, h Host) (Host, error) {
+	row, err := d.q.ReportHost(ctx, d.pool, dbq.ReportHostParams{
+		ID: h.ID, Driver: h.Driver, Accelerator: h.Accelerator,
+		CapacityVCPUs: int32(h.CapacityVCPUs), CapacityMemoryMiB: h.CapacityMemoryMiB,
+		VcpusUsed: int32(h.VCPUsUsed), MemoryMibUsed: h.MemoryMiBUsed, Sandboxes: int32(h.Sandboxes),
+	})
+	if err != nil {
+		return Host{}, interpret(err, fmt.Sprintf("host %q", h.ID))
+	}
+	return hostFromRow(row), nil
+}
+
+// GetHost loads host id.
+func (d *DB) GetHost(ctx context.Context, id string) (Host, error) {
+	row, err := d.q.GetHost(ctx, d.pool, id)
+	if err != nil {
+		return Host{}, interpret(err, fmt.Sprintf("host %q", id))
+	}
+	return hostFromRow(row), nil
+}
+
+// ListHosts returns every registered host, by ID.
+func (d *DB) ListHosts(ctx context.Context) ([]Host, error) {
+	rows, err := d.q.ListHosts(ctx, d.pool)
+	if err != nil {
+		return nil, interpret(err, "hosts")
+	}
+	out := make([]Host, len(rows))
+	for i, r := range rows {
+		out[i] = hostFromRow(r)
+	}
+	return out, nil
+}
+
+// SetHostState sets host id's state. An unknown host is ErrNotFound.
+func (d *DB) SetHostState(ctx context.Context, id string, st HostState) error {
+	n, err := d.q.SetHostState(ctx, d.pool, dbq.SetHostStateParams{ID: id, State: string(st)})
+	if err != nil {
+		return interpret(err, fmt.Sprintf("host %q", id))
+	}
+	if n == 0 {
+		return errdefs.NotFound("host %q not found", id)
+	}
+	return nil
+}
+
+// DeleteHost removes host id, refusing with ErrConflict while it has live
+// sandboxes. An unknown host is ErrNotFound.
+func (d *DB) DeleteHost(ctx context.Context, id string) error {
+	live, err := d.q.CountLiveSandboxesOnHost(ctx, d.pool, &id)
+	if err != nil {
+		return interpret(err, fmt.Sprintf("host %q", id))
+	}
+	if live > 0 {
+		return errdefs.Conflict("host %q still has %d live sandboxes; kill them or wait for them to end", id, live)
+	}
+	n, err := d.q.DeleteHost(ctx, d.pool, id)
+	if err != nil {
+		return interpret(err, fmt.Sprintf("host %q", id))
+	}
+	if n == 0 {
+		return errdefs.NotFound("host %q not found", id)
+	}
+	return nil
 }
 
 // Heartbeat records that host id is alive and returns the time recorded.
@@ -192,6 +305,10 @@ type SandboxFilter struct {
 	State sandbox.State
 	// Limit is the page size. If zero, it defaults to 100; at most 1000.
 	Limit int
+	// LiveOnly, when State is not set, leaves out stopped and dead ones.
+	LiveOnly bool
+	// Metadata keeps only sandboxes whose metadata has all these pairs.
+	Metadata map[string]string
 	// Cursor is the NextCursor of the previous page; empty for the first.
 	Cursor string
 }
@@ -206,7 +323,15 @@ func (d *DB) ListSandboxes(ctx context.Context, f SandboxFilter) (page []Sandbox
 	case limit < 0 || limit > 1000:
 		return nil, "", errdefs.InvalidArgument("limit must be between 1 and 1000, not %d", limit)
 	}
-	p := dbq.ListSandboxesParams{TeamID: f.TeamID, MaxRows: int32(limit) + 1}
+	mdFilter := f.Metadata
+	if mdFilter == nil {
+		mdFilter = map[string]string{}
+	}
+	md, err := json.Marshal(mdFilter)
+	if err != nil {
+		return nil, "", errdefs.InvalidArgument("metadata filter: %v", err)
+	}
+	p := dbq.ListSandboxesParams{TeamID: f.TeamID, MaxRows: int32(limit) + 1, LiveOnly: f.LiveOnly, Metadata: md}
 	if f.State != sandbox.StateUnknown {
 		st, err := f.State.MarshalText()
 		if err != nil {
@@ -272,6 +397,33 @@ func (d *DB) UpdateSandboxState(ctx context.Context, id string, from, to sandbox
 		return Sandbox{}, errdefs.Conflict("sandbox %q is %s, not %s", id, cur.State, from)
 	}
 	return Sandbox{}, err
+}
+
+// ListLiveSandboxes returns every sandbox of every team that is not
+// stopped or dead.
+func (d *DB) ListLiveSandboxes(ctx context.Context) ([]Sandbox, error) {
+	rows, err := d.q.ListLiveSandboxes(ctx, d.pool)
+	if err != nil {
+		return nil, interpret(err, "sandboxes")
+	}
+	out := make([]Sandbox, 0, len(rows))
+	for _, r := range rows {
+		s, err := sandboxFromRow(r)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// SetSandboxExpiry records when sandbox id expires; zero means never.
+func (d *DB) SetSandboxExpiry(ctx context.Context, id string, at time.Time) (Sandbox, error) {
+	row, err := d.q.SetSandboxExpiry(ctx, d.pool, dbq.SetSandboxExpiryParams{ID: id, ExpiresAt: nonZero(at)})
+	if err != nil {
+		return Sandbox{}, interpret(err, fmt.Sprintf("sandbox %q", id))
+	}
+	return sandboxFromRow(row)
 }
 
 func sandboxFromRow(r dbq.Sandbox) (Sandbox, error) {

@@ -10,9 +10,9 @@ import (
 )
 
 const createAPIKey = `-- name: CreateAPIKey :one
-INSERT INTO api_keys (team_id, name, prefix, hash)
-VALUES ($1, $2, $3, $4)
-RETURNING id, team_id, name, prefix, hash, created_at, last_used_at, revoked_at
+INSERT INTO api_keys (team_id, name, prefix, hash, role)
+VALUES ($1, $2, $3, $4, $5)
+RETURNING id, team_id, name, prefix, hash, created_at, last_used_at, revoked_at, role
 `
 
 type CreateAPIKeyParams struct {
@@ -20,6 +20,7 @@ type CreateAPIKeyParams struct {
 	Name   string
 	Prefix string
 	Hash   []byte
+	Role   string
 }
 
 func (q *Queries) CreateAPIKey(ctx context.Context, db DBTX, arg CreateAPIKeyParams) (APIKey, error) {
@@ -28,6 +29,7 @@ func (q *Queries) CreateAPIKey(ctx context.Context, db DBTX, arg CreateAPIKeyPar
 		arg.Name,
 		arg.Prefix,
 		arg.Hash,
+		arg.Role,
 	)
 	var i APIKey
 	err := row.Scan(
@@ -39,12 +41,49 @@ func (q *Queries) CreateAPIKey(ctx context.Context, db DBTX, arg CreateAPIKeyPar
 		&i.CreatedAt,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.Role,
 	)
 	return i, err
 }
 
+const listAPIKeys = `-- name: ListAPIKeys :many
+SELECT id, team_id, name, prefix, hash, created_at, last_used_at, revoked_at, role FROM api_keys
+WHERE team_id = $1
+ORDER BY created_at DESC, id DESC
+`
+
+func (q *Queries) ListAPIKeys(ctx context.Context, db DBTX, teamID string) ([]APIKey, error) {
+	rows, err := db.Query(ctx, listAPIKeys, teamID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []APIKey{}
+	for rows.Next() {
+		var i APIKey
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.Name,
+			&i.Prefix,
+			&i.Hash,
+			&i.CreatedAt,
+			&i.LastUsedAt,
+			&i.RevokedAt,
+			&i.Role,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const lookupAPIKeyByHash = `-- name: LookupAPIKeyByHash :one
-SELECT id, team_id, name, prefix, hash, created_at, last_used_at, revoked_at FROM api_keys
+SELECT id, team_id, name, prefix, hash, created_at, last_used_at, revoked_at, role FROM api_keys
 WHERE hash = $1 AND revoked_at IS NULL
 `
 
@@ -61,6 +100,7 @@ func (q *Queries) LookupAPIKeyByHash(ctx context.Context, db DBTX, hash []byte) 
 		&i.CreatedAt,
 		&i.LastUsedAt,
 		&i.RevokedAt,
+		&i.Role,
 	)
 	return i, err
 }

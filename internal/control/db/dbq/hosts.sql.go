@@ -10,8 +10,20 @@ import (
 	"time"
 )
 
+const deleteHost = `-- name: DeleteHost :execrows
+DELETE FROM hosts WHERE id = $1
+`
+
+func (q *Queries) DeleteHost(ctx context.Context, db DBTX, id string) (int64, error) {
+	result, err := db.Exec(ctx, deleteHost, id)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const getHost = `-- name: GetHost :one
-SELECT id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at, created_at FROM hosts WHERE id = $1
+SELECT id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at, created_at, vcpus_used, memory_mib_used, sandboxes FROM hosts WHERE id = $1
 `
 
 func (q *Queries) GetHost(ctx context.Context, db DBTX, id string) (Host, error) {
@@ -27,6 +39,9 @@ func (q *Queries) GetHost(ctx context.Context, db DBTX, id string) (Host, error)
 		&i.State,
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
+		&i.VcpusUsed,
+		&i.MemoryMibUsed,
+		&i.Sandboxes,
 	)
 	return i, err
 }
@@ -44,6 +59,116 @@ func (q *Queries) HeartbeatHost(ctx context.Context, db DBTX, id string) (time.T
 	return last_heartbeat_at, err
 }
 
+const listHosts = `-- name: ListHosts :many
+SELECT id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at, created_at, vcpus_used, memory_mib_used, sandboxes FROM hosts ORDER BY id
+`
+
+func (q *Queries) ListHosts(ctx context.Context, db DBTX) ([]Host, error) {
+	rows, err := db.Query(ctx, listHosts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Host{}
+	for rows.Next() {
+		var i Host
+		if err := rows.Scan(
+			&i.ID,
+			&i.Address,
+			&i.Driver,
+			&i.Accelerator,
+			&i.CapacityVCPUs,
+			&i.CapacityMemoryMiB,
+			&i.State,
+			&i.LastHeartbeatAt,
+			&i.CreatedAt,
+			&i.VcpusUsed,
+			&i.MemoryMibUsed,
+			&i.Sandboxes,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
+const reportHost = `-- name: ReportHost :one
+UPDATE hosts SET
+    driver              = $1,
+    accelerator         = $2,
+    capacity_vcpus      = $3,
+    capacity_memory_mib = $4,
+    vcpus_used          = $5,
+    memory_mib_used     = $6,
+    sandboxes           = $7,
+    state               = CASE WHEN state = 'draining' THEN state ELSE 'ready' END,
+    last_heartbeat_at   = now()
+WHERE id = $8
+RETURNING id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at, created_at, vcpus_used, memory_mib_used, sandboxes
+`
+
+type ReportHostParams struct {
+	Driver            string
+	Accelerator       string
+	CapacityVCPUs     int32
+	CapacityMemoryMiB int64
+	VcpusUsed         int32
+	MemoryMibUsed     int64
+	Sandboxes         int32
+	ID                string
+}
+
+// ReportHost records what a host's agent reported in a heartbeat.
+func (q *Queries) ReportHost(ctx context.Context, db DBTX, arg ReportHostParams) (Host, error) {
+	row := db.QueryRow(ctx, reportHost,
+		arg.Driver,
+		arg.Accelerator,
+		arg.CapacityVCPUs,
+		arg.CapacityMemoryMiB,
+		arg.VcpusUsed,
+		arg.MemoryMibUsed,
+		arg.Sandboxes,
+		arg.ID,
+	)
+	var i Host
+	err := row.Scan(
+		&i.ID,
+		&i.Address,
+		&i.Driver,
+		&i.Accelerator,
+		&i.CapacityVCPUs,
+		&i.CapacityMemoryMiB,
+		&i.State,
+		&i.LastHeartbeatAt,
+		&i.CreatedAt,
+		&i.VcpusUsed,
+		&i.MemoryMibUsed,
+		&i.Sandboxes,
+	)
+	return i, err
+}
+
+const setHostState = `-- name: SetHostState :execrows
+UPDATE hosts SET state = $1 WHERE id = $2
+`
+
+type SetHostStateParams struct {
+	State string
+	ID    string
+}
+
+func (q *Queries) SetHostState(ctx context.Context, db DBTX, arg SetHostStateParams) (int64, error) {
+	result, err := db.Exec(ctx, setHostState, arg.State, arg.ID)
+	if err != nil {
+		return 0, err
+	}
+	return result.RowsAffected(), nil
+}
+
 const upsertHost = `-- name: UpsertHost :one
 INSERT INTO hosts (id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, now())
@@ -55,7 +180,7 @@ ON CONFLICT (id) DO UPDATE SET
     capacity_memory_mib = excluded.capacity_memory_mib,
     state               = excluded.state,
     last_heartbeat_at   = now()
-RETURNING id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at, created_at
+RETURNING id, address, driver, accelerator, capacity_vcpus, capacity_memory_mib, state, last_heartbeat_at, created_at, vcpus_used, memory_mib_used, sandboxes
 `
 
 type UpsertHostParams struct {
@@ -91,6 +216,9 @@ func (q *Queries) UpsertHost(ctx context.Context, db DBTX, arg UpsertHostParams)
 		&i.State,
 		&i.LastHeartbeatAt,
 		&i.CreatedAt,
+		&i.VcpusUsed,
+		&i.MemoryMibUsed,
+		&i.Sandboxes,
 	)
 	return i, err
 }

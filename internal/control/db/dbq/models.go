@@ -17,6 +17,7 @@ type APIKey struct {
 	CreatedAt  time.Time
 	LastUsedAt *time.Time
 	RevokedAt  *time.Time
+	Role       string
 }
 
 type Host struct {
@@ -29,6 +30,9 @@ type Host struct {
 	State             string
 	LastHeartbeatAt   time.Time
 	CreatedAt         time.Time
+	VcpusUsed         int32
+	MemoryMibUsed     int64
+	Sandboxes         int32
 }
 
 type Sandbox struct {

@@ -10,6 +10,18 @@ import (
 	"time"
 )
 
+const countLiveSandboxesOnHost = `-- name: CountLiveSandboxesOnHost :one
+SELECT count(*) FROM sandboxes
+WHERE host_id = $1 AND state NOT IN ('stopped', 'dead')
+`
+
+func (q *Queries) CountLiveSandboxesOnHost(ctx context.Context, db DBTX, hostID *string) (int64, error) {
+	row := db.QueryRow(ctx, countLiveSandboxesOnHost, hostID)
+	var count int64
+	err := row.Scan(&count)
+	return count, err
+}
+
 const createSandbox = `-- name: CreateSandbox :one
 INSERT INTO sandboxes (id, team_id, host_id, template, state, vcpus, memory_mib, metadata, egress, expires_at)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
@@ -88,19 +100,64 @@ func (q *Queries) GetSandbox(ctx context.Context, db DBTX, id string) (Sandbox, 
 	return i, err
 }
 
+const listLiveSandboxes = `-- name: ListLiveSandboxes :many
+SELECT id, team_id, host_id, template, state, vcpus, memory_mib, metadata, egress, reason, created_at, updated_at, expires_at, ended_at FROM sandboxes
+WHERE state NOT IN ('stopped', 'dead')
+ORDER BY id
+`
+
+func (q *Queries) ListLiveSandboxes(ctx context.Context, db DBTX) ([]Sandbox, error) {
+	rows, err := db.Query(ctx, listLiveSandboxes)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Sandbox{}
+	for rows.Next() {
+		var i Sandbox
+		if err := rows.Scan(
+			&i.ID,
+			&i.TeamID,
+			&i.HostID,
+			&i.Template,
+			&i.State,
+			&i.VCPUs,
+			&i.MemoryMiB,
+			&i.Metadata,
+			&i.Egress,
+			&i.Reason,
+			&i.CreatedAt,
+			&i.UpdatedAt,
+			&i.ExpiresAt,
+			&i.EndedAt,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const listSandboxes = `-- name: ListSandboxes :many
 SELECT id, team_id, host_id, template, state, vcpus, memory_mib, metadata, egress, reason, created_at, updated_at, expires_at, ended_at FROM sandboxes
 WHERE team_id = $1
   AND ($2::text IS NULL OR state = $2::text)
-  AND ($3::timestamptz IS NULL
-       OR (created_at, id) < ($3::timestamptz, $4::text))
+  AND ($2::text IS NOT NULL OR NOT $3::boolean OR state NOT IN ('stopped', 'dead'))
+  AND metadata @> $4::jsonb
+  AND ($5::timestamptz IS NULL
+       OR (created_at, id) < ($5::timestamptz, $6::text))
 ORDER BY created_at DESC, id DESC
-LIMIT $5
+LIMIT $7
 `
 
 type ListSandboxesParams struct {
 	TeamID         string
 	State          *string
+	LiveOnly       bool
+	Metadata       []byte
 	AfterCreatedAt *time.Time
 	AfterID        *string
 	MaxRows        int32
@@ -112,6 +169,8 @@ func (q *Queries) ListSandboxes(ctx context.Context, db DBTX, arg ListSandboxesP
 	rows, err := db.Query(ctx, listSandboxes,
 		arg.TeamID,
 		arg.State,
+		arg.LiveOnly,
+		arg.Metadata,
 		arg.AfterCreatedAt,
 		arg.AfterID,
 		arg.MaxRows,
@@ -147,6 +206,39 @@ func (q *Queries) ListSandboxes(ctx context.Context, db DBTX, arg ListSandboxesP
 		return nil, err
 	}
 	return items, nil
+}
+
+const setSandboxExpiry = `-- name: SetSandboxExpiry :one
+UPDATE sandboxes SET expires_at = $1, updated_at = now()
+WHERE id = $2
+RETURNING id, team_id, host_id, template, state, vcpus, memory_mib, metadata, egress, reason, created_at, updated_at, expires_at, ended_at
+`
+
+type SetSandboxExpiryParams struct {
+	ExpiresAt *time.Time
+	ID        string
+}
+
+func (q *Queries) SetSandboxExpiry(ctx context.Context, db DBTX, arg SetSandboxExpiryParams) (Sandbox, error) {
+	row := db.QueryRow(ctx, setSandboxExpiry, arg.ExpiresAt, arg.ID)
+	var i Sandbox
+	err := row.Scan(
+		&i.ID,
+		&i.TeamID,
+		&i.HostID,
+		&i.Template,
+		&i.State,
+		&i.VCPUs,
+		&i.MemoryMiB,
+		&i.Metadata,
+		&i.Egress,
+		&i.Reason,
+		&i.CreatedAt,
+		&i.UpdatedAt,
+		&i.ExpiresAt,
+		&i.EndedAt,
+	)
+	return i, err
 }
 
 const updateSandboxState = `-- name: UpdateSandboxState :one

@@ -31,3 +31,27 @@ func (q *Queries) GetTeam(ctx context.Context, db DBTX, id string) (Team, error)
 	err := row.Scan(&i.ID, &i.Name, &i.CreatedAt)
 	return i, err
 }
+
+const listTeams = `-- name: ListTeams :many
+SELECT id, name, created_at FROM teams ORDER BY created_at, id
+`
+
+func (q *Queries) ListTeams(ctx context.Context, db DBTX) ([]Team, error) {
+	rows, err := db.Query(ctx, listTeams)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []Team{}
+	for rows.Next() {
+		var i Team
+		if err := rows.Scan(&i.ID, &i.Name, &i.CreatedAt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}

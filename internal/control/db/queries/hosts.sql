@@ -20,3 +20,27 @@ RETURNING last_heartbeat_at;
 
 -- name: GetHost :one
 SELECT * FROM hosts WHERE id = @id;
+
+-- ReportHost records what a host's agent reported in a heartbeat.
+-- name: ReportHost :one
+UPDATE hosts SET
+    driver              = @driver,
+    accelerator         = @accelerator,
+    capacity_vcpus      = @capacity_vcpus,
+    capacity_memory_mib = @capacity_memory_mib,
+    vcpus_used          = @vcpus_used,
+    memory_mib_used     = @memory_mib_used,
+    sandboxes           = @sandboxes,
+    state               = CASE WHEN state = 'draining' THEN state ELSE 'ready' END,
+    last_heartbeat_at   = now()
+WHERE id = @id
+RETURNING *;
+
+-- name: SetHostState :execrows
+UPDATE hosts SET state = @state WHERE id = @id;
+
+-- name: ListHosts :many
+SELECT * FROM hosts ORDER BY id;
+
+-- name: DeleteHost :execrows
+DELETE FROM hosts WHERE id = @id;

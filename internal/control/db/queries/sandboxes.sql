@@ -12,6 +12,8 @@ SELECT * FROM sandboxes WHERE id = @id;
 SELECT * FROM sandboxes
 WHERE team_id = @team_id
   AND (sqlc.narg('state')::text IS NULL OR state = sqlc.narg('state')::text)
+  AND (sqlc.narg('state')::text IS NOT NULL OR NOT @live_only::boolean OR state NOT IN ('stopped', 'dead'))
+  AND metadata @> @metadata::jsonb
   AND (sqlc.narg('after_created_at')::timestamptz IS NULL
        OR (created_at, id) < (sqlc.narg('after_created_at')::timestamptz, sqlc.narg('after_id')::text))
 ORDER BY created_at DESC, id DESC
@@ -27,4 +29,18 @@ UPDATE sandboxes SET
     ended_at   = CASE WHEN @state::text IN ('stopped', 'dead') THEN coalesce(ended_at, now()) ELSE ended_at END
 WHERE id = @id
   AND (sqlc.narg('from_state')::text IS NULL OR state = sqlc.narg('from_state')::text)
+RETURNING *;
+
+-- name: ListLiveSandboxes :many
+SELECT * FROM sandboxes
+WHERE state NOT IN ('stopped', 'dead')
+ORDER BY id;
+
+-- name: CountLiveSandboxesOnHost :one
+SELECT count(*) FROM sandboxes
+WHERE host_id = @host_id AND state NOT IN ('stopped', 'dead');
+
+-- name: SetSandboxExpiry :one
+UPDATE sandboxes SET expires_at = sqlc.narg('expires_at'), updated_at = now()
+WHERE id = @id
 RETURNING *;

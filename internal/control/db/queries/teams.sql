@@ -4,3 +4,6 @@ RETURNING *;
 
 -- name: GetTeam :one
 SELECT * FROM teams WHERE id = @id;
+
+-- name: ListTeams :many
+SELECT * FROM teams ORDER BY created_at, id;
