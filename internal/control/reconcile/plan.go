@@ -17,6 +17,8 @@
 //   - Paused sandboxes are expected to be absent from their agent (pausing
 //     frees the VM and keeps only its files), so they are left alone, as
 //     are sandboxes still pausing.
+//   - A sandbox whose create may still be in flight (DBSandbox.Creating)
+//     is left alone while its agent does not have it yet.
 //   - A sandbox the database has as stopping that the agent no longer has
 //     finished stopping: it is recorded as stopped, not dead.
 //   - Sandboxes on a host that could not be listed are left alone by
@@ -45,6 +47,9 @@ type DBSandbox struct {
 	ID     string
 	HostID string // empty while not placed
 	State  sandbox.State
+	// Creating says a create for it may still be in flight, so its agent
+	// may not have it yet.
+	Creating bool
 }
 
 // AgentSandbox is a host agent's view of a sandbox.
@@ -142,6 +147,8 @@ func Compute(db []DBSandbox, agents map[string][]AgentSandbox, reachable map[str
 			// Live on both sides; the agent's own events move the state.
 		case s.State == sandbox.StatePaused || s.State == sandbox.StatePausing:
 			// Expected to be absent: pausing frees the VM.
+		case s.Creating:
+			// The agent may not have been asked yet.
 		case s.State == sandbox.StateStopping:
 			p.UpdateState = append(p.UpdateState, StateChange{ID: s.ID, From: s.State, To: sandbox.StateStopped,
 				Reason: fmt.Sprintf("stopped; no longer on host %s", s.HostID)})

@@ -30,13 +30,13 @@ func TestCompute(t *testing.T) {
 	}{
 		{
 			name:      "in agreement: nothing to do",
-			db:        []DBSandbox{{"a", "h1", running}, {"b", "h1", starting}},
+			db:        []DBSandbox{{"a", "h1", running, false}, {"b", "h1", starting, false}},
 			agents:    map[string][]AgentSandbox{"h1": {{ID: "a", State: running}, {ID: "b", State: running}}},
 			reachable: up,
 		},
 		{
 			name:      "live sandbox missing from reachable host is marked dead",
-			db:        []DBSandbox{{"a", "h1", running}, {"b", "h1", starting}, {"c", "h1", resuming}},
+			db:        []DBSandbox{{"a", "h1", running, false}, {"b", "h1", starting, false}, {"c", "h1", resuming, false}},
 			agents:    map[string][]AgentSandbox{"h1": nil},
 			reachable: up,
 			want: Plan{MarkDead: []Mark{
@@ -47,20 +47,26 @@ func TestCompute(t *testing.T) {
 		},
 		{
 			name:      "paused and pausing sandboxes absent from agent are left alone",
-			db:        []DBSandbox{{"p", "h1", paused}, {"q", "h1", pausing}},
+			db:        []DBSandbox{{"p", "h1", paused, false}, {"q", "h1", pausing, false}},
 			agents:    map[string][]AgentSandbox{"h1": nil},
 			reachable: up,
 		},
 		{
+			name:      "a sandbox whose create is in flight is neither marked dead nor destroyed",
+			db:        []DBSandbox{{"n", "h1", starting, true}, {"m", "h1", starting, true}},
+			agents:    map[string][]AgentSandbox{"h1": {{ID: "m", State: starting}}},
+			reachable: up,
+		},
+		{
 			name:      "stopping sandbox gone from agent is recorded stopped",
-			db:        []DBSandbox{{"s", "h1", stopping}},
+			db:        []DBSandbox{{"s", "h1", stopping, false}},
 			agents:    map[string][]AgentSandbox{"h1": nil},
 			reachable: up,
 			want:      Plan{UpdateState: []StateChange{{ID: "s", From: stopping, To: stopped, Reason: "stopped; no longer on host h1"}}},
 		},
 		{
 			name: "agent-reported stopped and dead are recorded with reasons",
-			db:   []DBSandbox{{"a", "h1", running}, {"b", "h1", running}, {"c", "h2", paused}},
+			db:   []DBSandbox{{"a", "h1", running, false}, {"b", "h1", running, false}, {"c", "h2", paused, false}},
 			agents: map[string][]AgentSandbox{
 				"h1": {{ID: "a", State: dead, Reason: "vm exited: signal 9"}, {ID: "b", State: stopped}},
 				"h2": {{ID: "c", State: dead, Reason: "snapshot corrupt"}},
@@ -74,19 +80,19 @@ func TestCompute(t *testing.T) {
 		},
 		{
 			name:      "host missing from agents map is unreachable",
-			db:        []DBSandbox{{"a", "h1", running}},
+			db:        []DBSandbox{{"a", "h1", running, false}},
 			agents:    map[string][]AgentSandbox{},
 			reachable: up,
 		},
 		{
 			name:      "host not marked reachable is left alone even if listed",
-			db:        []DBSandbox{{"a", "h1", running}},
+			db:        []DBSandbox{{"a", "h1", running, false}},
 			agents:    map[string][]AgentSandbox{"h1": {{ID: "x", State: running}}},
 			reachable: map[string]bool{},
 		},
 		{
 			name: "unknown VMs are destroyed; terminal and stopping ones are not",
-			db:   []DBSandbox{{"a", "h1", running}},
+			db:   []DBSandbox{{"a", "h1", running, false}},
 			agents: map[string][]AgentSandbox{
 				"h1": {{ID: "a", State: running}, {ID: "z", State: running}, {ID: "old", State: stopped}, {ID: "bye", State: stopping}},
 				"h2": {{ID: "y", State: paused}, {ID: "x", State: starting}},
@@ -96,14 +102,14 @@ func TestCompute(t *testing.T) {
 		},
 		{
 			name:      "VM on a different host than the database says is an orphan there",
-			db:        []DBSandbox{{"a", "h1", running}},
+			db:        []DBSandbox{{"a", "h1", running, false}},
 			agents:    map[string][]AgentSandbox{"h1": {{ID: "a", State: running}}, "h2": {{ID: "a", State: running}}},
 			reachable: up,
 			want:      Plan{Destroy: []Orphan{{"h2", "a"}}},
 		},
 		{
 			name: "unplaced and terminal database rows are ignored",
-			db:   []DBSandbox{{"u", "", starting}, {"t", "h1", dead}, {"s", "h1", stopped}},
+			db:   []DBSandbox{{"u", "", starting, false}, {"t", "h1", dead, false}, {"s", "h1", stopped, false}},
 			agents: map[string][]AgentSandbox{
 				"h1": {{ID: "t", State: dead}},
 			},
@@ -111,7 +117,7 @@ func TestCompute(t *testing.T) {
 		},
 		{
 			name:      "duplicate database rows count once",
-			db:        []DBSandbox{{"a", "h1", running}, {"a", "h1", running}},
+			db:        []DBSandbox{{"a", "h1", running, false}, {"a", "h1", running, false}},
 			agents:    map[string][]AgentSandbox{"h1": nil},
 			reachable: up,
 			want:      Plan{MarkDead: []Mark{{ID: "a", From: running, Reason: "not found on host h1: reaped or crashed"}}},
@@ -132,7 +138,7 @@ func TestCompute(t *testing.T) {
 }
 
 func TestComputeOrderDoesNotDependOnInputOrder(t *testing.T) {
-	db := []DBSandbox{{"c", "h1", running}, {"a", "h2", running}, {"b", "h1", running}}
+	db := []DBSandbox{{"c", "h1", running, false}, {"a", "h2", running, false}, {"b", "h1", running, false}}
 	agents := map[string][]AgentSandbox{"h1": {{ID: "z", State: running}, {ID: "y", State: running}}, "h2": {{ID: "w", State: running}}}
 	up := map[string]bool{"h1": true, "h2": true}
 	first := Compute(db, agents, up)
@@ -166,12 +172,12 @@ func TestLostHosts(t *testing.T) {
 
 func TestMarkLost(t *testing.T) {
 	db := []DBSandbox{
-		{"a", "lost", running},
-		{"b", "lost", paused},
-		{"c", "ok", running},
-		{"d", "lost", starting},
-		{"e", "lost", dead},
-		{"a", "lost", running},
+		{"a", "lost", running, false},
+		{"b", "lost", paused, false},
+		{"c", "ok", running, false},
+		{"d", "lost", starting, false},
+		{"e", "lost", dead, false},
+		{"a", "lost", running, false},
 	}
 	got := MarkLost(db, []string{"lost"})
 	want := []Mark{

@@ -148,13 +148,13 @@ func TestTickAppliesPlanAndIsIdempotent(t *testing.T) {
 		{ID: "flaky", LastHeartbeat: t0},
 	}
 	store := newFakeStore(hosts,
-		DBSandbox{"run", "h1", running},
-		DBSandbox{"crashed", "h1", running},
-		DBSandbox{"paused", "h1", paused},
-		DBSandbox{"died", "h1", running},
-		DBSandbox{"onlost", "gone", running},
-		DBSandbox{"pausedlost", "gone", paused},
-		DBSandbox{"onflaky", "flaky", running},
+		DBSandbox{"run", "h1", running, false},
+		DBSandbox{"crashed", "h1", running, false},
+		DBSandbox{"paused", "h1", paused, false},
+		DBSandbox{"died", "h1", running, false},
+		DBSandbox{"onlost", "gone", running, false},
+		DBSandbox{"pausedlost", "gone", paused, false},
+		DBSandbox{"onflaky", "flaky", running, false},
 	)
 	agents := &fakeAgents{
 		hosts: map[string][]AgentSandbox{"h1": {
@@ -208,7 +208,7 @@ func TestTickAppliesPlanAndIsIdempotent(t *testing.T) {
 }
 
 func TestTickNeverMarksPausedDead(t *testing.T) {
-	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"p", "h1", paused})
+	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"p", "h1", paused, false})
 	agents := &fakeAgents{hosts: map[string][]AgentSandbox{"h1": nil}}
 	r := newReconciler(t, store, agents)
 	for i := range 3 {
@@ -222,7 +222,7 @@ func TestTickNeverMarksPausedDead(t *testing.T) {
 }
 
 func TestTickSkipsActionsWhoseSandboxMovedOn(t *testing.T) {
-	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running})
+	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running, false})
 	agents := &fakeAgents{hosts: map[string][]AgentSandbox{"h1": nil}}
 	// The sandbox is paused between the listing and the mark: the store
 	// answers Conflict, which is not a failure of the pass.
@@ -244,7 +244,7 @@ func (c *conflictStore) MarkDead(context.Context, Mark) error {
 }
 
 func TestTickReportsFailures(t *testing.T) {
-	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running})
+	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running, false})
 	store.updateErr = errors.New("connection reset")
 	r := newReconciler(t, store, &fakeAgents{hosts: map[string][]AgentSandbox{"h1": nil}})
 	if _, err := r.Tick(context.Background()); err == nil || !errors.Is(err, store.updateErr) {
@@ -291,7 +291,7 @@ func waitListed(t *testing.T, s *fakeStore, n int) {
 
 func TestStartStopRunsPassesAndReleasesGoroutines(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running})
+	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running, false})
 	r, err := New(Config{Store: store, Agents: &fakeAgents{hosts: map[string][]AgentSandbox{"h1": nil}},
 		Logger: testlog.New(t), Interval: time.Millisecond, Now: func() time.Time { return t0 }})
 	if err != nil {
@@ -315,7 +315,7 @@ func TestStartStopRunsPassesAndReleasesGoroutines(t *testing.T) {
 
 func TestStopCancelsPassInFlight(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running})
+	store := newFakeStore([]Host{{ID: "h1", LastHeartbeat: t0}}, DBSandbox{"a", "h1", running, false})
 	agents := &fakeAgents{block: true}
 	r, err := New(Config{Store: store, Agents: agents, Logger: testlog.New(t),
 		CallTimeout: time.Hour, Now: func() time.Time { return t0 }})
