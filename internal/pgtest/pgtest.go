@@ -50,18 +50,23 @@ var shared struct {
 
 // Main runs the tests, then stops the private server if one was started
 // and exits with the tests' status.
-func Main(m *testing.M) {
+func Main(m *testing.M) { os.Exit(Wrap(m.Run)) }
+
+// Wrap is Main for a TestMain that also needs other setup around the
+// tests: it calls run (m.Run, or a function calling it), stops the private
+// server, and returns the status to exit with.
+func Wrap(run func() int) int {
 	shared.Lock()
 	shared.inMain = true
 	shared.Unlock()
-	code := m.Run()
+	code := run()
 	if err := shutdown(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
 		if code == 0 {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 func shutdown() error {

@@ -13,24 +13,30 @@ import (
 // path in *envdBin, runs the tests, fails the run when goroutines leaked,
 // and exits. tmpPrefix names the temporary directory.
 func Main(m *testing.M, tmpPrefix string, envdBin *string) {
+	os.Exit(Wrap(tmpPrefix, envdBin, m.Run))
+}
+
+// Wrap is Main for a TestMain that also needs other setup around the
+// tests: run is m.Run or a function calling it; Wrap returns the status to
+// exit with.
+func Wrap(tmpPrefix string, envdBin *string, run func() int) int {
 	dir, err := os.MkdirTemp("", tmpPrefix)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
+		return 1
 	}
+	defer os.RemoveAll(dir)
 	*envdBin, err = BuildEnvd(dir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
-		os.RemoveAll(dir)
-		os.Exit(1)
+		return 1
 	}
-	code := m.Run()
+	code := run()
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "goroutines leaked:", err)
 			code = 1
 		}
 	}
-	os.RemoveAll(dir)
-	os.Exit(code)
+	return code
 }
