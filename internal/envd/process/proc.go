@@ -102,21 +102,50 @@ func (p *proc) read(o output) {
 	}
 }
 
-// broadcast queues a copy of data for every subscriber without blocking.
-// A subscriber whose queue is full is dropped with an explicit error; with
-// no subscribers the data is discarded.
+// broadcast queues a copy of data for every subscriber. A subscriber whose
+// queue is full is waited for, without holding p.mu, so the output stops
+// being read and the process is slowed to its readers' pace; one that
+// takes nothing for SubscriberStall is dropped with an explicit error.
+// With no subscribers the data is discarded.
 func (p *proc) broadcast(st stream, data []byte) {
+	var full []*subscriber
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for sub := range p.subs {
-		if sub.offer(st, data) {
-			continue
+		if !sub.offer(st, data) {
+			full = append(full, sub)
 		}
-		delete(p.subs, sub)
-		sub.close(nil, errdefs.ResourceExhausted(
-			"output buffer overflow: subscriber too slow, %d bytes dropped (%d chunks were already queued); reconnect to follow the live output",
-			len(data), sub.limit))
-		p.log.Warn("process output subscriber dropped: too slow", logKeyDropped, len(data))
+	}
+	p.mu.Unlock()
+	for _, sub := range full {
+		p.waitRoom(sub, st, data)
+	}
+}
+
+// waitRoom queues data for sub once its queue has room, or drops sub when
+// it stays full for the stall limit.
+func (p *proc) waitRoom(sub *subscriber, st stream, data []byte) {
+	stall := time.NewTimer(p.svc.cfg.SubscriberStall)
+	defer stall.Stop()
+	for {
+		select {
+		case <-sub.room:
+			if sub.offer(st, data) {
+				return
+			}
+			// Room for a chunk but not this one (the byte bound): keep
+			// waiting, the stall timer still running.
+		case <-stall.C:
+			p.mu.Lock()
+			if _, ok := p.subs[sub]; ok {
+				delete(p.subs, sub)
+				sub.close(nil, errdefs.ResourceExhausted(
+					"output buffer overflow: the subscriber took no output for %s, %d bytes dropped (%d chunks were already queued); reconnect to follow the live output",
+					p.svc.cfg.SubscriberStall, len(data), sub.limit))
+				p.log.Warn("process output subscriber dropped: stalled", logKeyDropped, len(data))
+			}
+			p.mu.Unlock()
+			return
+		}
 	}
 }
 

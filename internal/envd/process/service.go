@@ -44,6 +44,7 @@ const (
 const (
 	DefaultExitRetention    = 30 * time.Second
 	DefaultSubscriberBuffer = 4096
+	DefaultSubscriberStall  = 15 * time.Second
 
 	// keepaliveHeader is the request header giving the keepalive interval
 	// in seconds.
@@ -79,9 +80,14 @@ type Config struct {
 	// available to Connect. Zero means DefaultExitRetention.
 	ExitRetention time.Duration
 	// SubscriberBuffer is how many output chunks may queue for one
-	// subscriber before that subscriber is dropped with an error. Zero
-	// means DefaultSubscriberBuffer.
+	// subscriber. Zero means DefaultSubscriberBuffer.
 	SubscriberBuffer int
+	// SubscriberStall is how long the output of a process waits for a
+	// subscriber whose queue is full before that subscriber is dropped
+	// with an error. While it waits, the process's output is not read, so
+	// a slow but live reader slows the process down (back-pressure)
+	// instead of losing output. Zero means DefaultSubscriberStall.
+	SubscriberStall time.Duration
 }
 
 // Service is the process.Process Connect service. Create it with [New];
@@ -115,6 +121,9 @@ func New(cfg Config) *Service {
 	}
 	if cfg.SubscriberBuffer <= 0 {
 		cfg.SubscriberBuffer = DefaultSubscriberBuffer
+	}
+	if cfg.SubscriberStall <= 0 {
+		cfg.SubscriberStall = DefaultSubscriberStall
 	}
 	return &Service{
 		cfg:        cfg,

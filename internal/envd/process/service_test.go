@@ -826,7 +826,7 @@ func TestGrandchildHoldsOutput(t *testing.T) {
 // its queue overflows; the process and other subscribers carry on.
 func TestSlowSubscriberOverflow(t *testing.T) {
 	forEachFlavor(t, func(t *testing.T, fl flavor) {
-		h := newHarness(t, fl, func(s *Service) { s.cfg.SubscriberBuffer = 4 })
+		h := newHarness(t, fl, func(s *Service) { s.cfg.SubscriberBuffer = 4; s.cfg.SubscriberStall = 200 * time.Millisecond })
 		// Incompressible input: transports and sockets hold compressed
 		// output, so this bounds what they can absorb before the slow
 		// subscriber's queue fills.

@@ -47,6 +47,7 @@ type chunk struct {
 type subscriber struct {
 	limit int           // most chunks queued at once
 	wake  chan struct{} // capacity 1; signalled when the queue or state changes
+	room  chan struct{} // capacity 1; signalled when a chunk is taken or it closes
 
 	mu     sync.Mutex
 	queue  []chunk // queued chunks are queue[head:]
@@ -58,7 +59,7 @@ type subscriber struct {
 }
 
 func newSubscriber(limit int) *subscriber {
-	return &subscriber{limit: limit, wake: make(chan struct{}, 1)}
+	return &subscriber{limit: limit, wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }
 
 // maxBytes bounds the bytes queued: merging makes chunks larger, so the
@@ -128,6 +129,15 @@ func (s *subscriber) close(end *rpc.ProcessEvent_EndEvent, err error) {
 	}
 	s.closed, s.end, s.err = true, end, err
 	s.signal()
+	s.freed()
+}
+
+// freed tells a producer waiting for room that there may be some.
+func (s *subscriber) freed() {
+	select {
+	case s.room <- struct{}{}:
+	default:
+	}
 }
 
 // next takes the oldest queued chunk. When the queue is empty, done reports
@@ -143,6 +153,7 @@ func (s *subscriber) next() (c chunk, ok, done bool, end *rpc.ProcessEvent_EndEv
 		if s.head == len(s.queue) {
 			s.queue, s.head = s.queue[:0], 0
 		}
+		s.freed()
 		return c, true, false, nil, nil
 	}
 	return chunk{}, false, s.closed, s.end, s.err
