@@ -27,6 +27,8 @@ var (
 	ErrDeadlineExceeded   = errors.New("deadline exceeded")
 	ErrCanceled           = errors.New("canceled")
 	ErrConflict           = errors.New("conflict")
+	// ErrTooLarge is a request (body, message) larger than accepted.
+	ErrTooLarge = errors.New("too large")
 )
 
 // classified is an error that carries a user-visible message and a class.
@@ -84,6 +86,9 @@ func NotImplemented(format string, args ...any) error {
 	return newf(ErrNotImplemented, format, args...)
 }
 
+// TooLarge returns an error of class ErrTooLarge with the formatted message.
+func TooLarge(format string, args ...any) error { return newf(ErrTooLarge, format, args...) }
+
 // Conflict returns an error of class ErrConflict with the formatted message.
 func Conflict(format string, args ...any) error { return newf(ErrConflict, format, args...) }
 
@@ -114,6 +119,7 @@ var classes = []struct {
 	{ErrNotImplemented, http.StatusNotImplemented},
 	{ErrDeadlineExceeded, http.StatusGatewayTimeout},
 	{ErrCanceled, 499},
+	{ErrTooLarge, http.StatusRequestEntityTooLarge},
 }
 
 // HTTPStatus is the one mapping from error class to HTTP status code.

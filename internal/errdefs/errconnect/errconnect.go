@@ -27,6 +27,8 @@ var codes = []struct {
 	{errdefs.ErrNotImplemented, connect.CodeUnimplemented},
 	{errdefs.ErrDeadlineExceeded, connect.CodeDeadlineExceeded},
 	{errdefs.ErrCanceled, connect.CodeCanceled},
+	// After ErrResourceExhausted, so the code maps back to that class.
+	{errdefs.ErrTooLarge, connect.CodeResourceExhausted},
 }
 
 // ToConnect converts err into a *connect.Error with the code of its class.
