@@ -214,7 +214,7 @@ func (s *Service) CreateUser(ctx context.Context, p Principal, nu NewUser) (db.U
 	if err != nil || addr.Address != nu.Email || len(nu.Email) > 254 {
 		return db.User{}, errdefs.InvalidArgument("email %q is not a valid address", nu.Email)
 	}
-	hash, err := auth.HashPassword(nu.Password)
+	hash, err := auth.HashPasswordCost(nu.Password, s.cfg.PasswordCost)
 	if err != nil {
 		return db.User{}, err
 	}

@@ -126,6 +126,9 @@ type Config struct {
 	HeartbeatInterval, HeartbeatTTL time.Duration
 	// SessionLifetime is how long a Login token is valid.
 	SessionLifetime time.Duration
+	// PasswordCost is the bcrypt cost of new password hashes; 0 means
+	// auth.PasswordCost. Only tests lower it.
+	PasswordCost int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -173,7 +176,10 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	dummy, err := auth.HashPassword("wrenn-timing-equaliser")
+	if cfg.PasswordCost == 0 {
+		cfg.PasswordCost = auth.PasswordCost
+	}
+	dummy, err := auth.HashPasswordCost("wrenn-timing-equaliser", cfg.PasswordCost)
 	if err != nil {
 		return nil, err
 	}

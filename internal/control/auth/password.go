@@ -26,6 +26,12 @@ func HashPassword(pw string) (string, error) {
 	return hashPassword(pw, PasswordCost)
 }
 
+// HashPasswordCost is HashPassword at another bcrypt cost (4 to 31). Only
+// tests should go below PasswordCost.
+func HashPasswordCost(pw string, cost int) (string, error) {
+	return hashPassword(pw, cost)
+}
+
 func hashPassword(pw string, cost int) (string, error) {
 	switch {
 	case len(pw) < MinPasswordLen:

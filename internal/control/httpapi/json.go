@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"wrenn.dev/wrenn/internal/control"
+	"wrenn.dev/wrenn/internal/control/auth"
 	"wrenn.dev/wrenn/internal/control/db"
 	"wrenn.dev/wrenn/internal/errdefs"
 )
@@ -38,7 +39,9 @@ func decode(w http.ResponseWriter, r *http.Request, v any, optional bool) error 
 		var typ *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &tooBig):
-			return errdefs.InvalidArgument("the body is larger than %d bytes", maxJSONBody)
+			return errdefs.TooLarge("the body is larger than %d bytes", maxJSONBody)
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return errdefs.InvalidArgument("the body is not valid JSON (it ends early)")
 		case errors.Is(err, io.EOF):
 			if optional {
 				return nil
@@ -109,7 +112,7 @@ type apiKeyView struct {
 }
 
 func apiKeyJSON(k db.APIKey) apiKeyView {
-	return apiKeyView{ID: k.ID, Name: k.Name, Prefix: k.Prefix, Role: k.Role, CreatedAt: k.CreatedAt.UTC(),
+	return apiKeyView{ID: k.ID, Name: k.Name, Prefix: auth.APIKeyScheme + k.Prefix, Role: k.Role, CreatedAt: k.CreatedAt.UTC(),
 		LastUsedAt: timeOrNil(k.LastUsedAt), RevokedAt: timeOrNil(k.RevokedAt)}
 }
 

@@ -8,6 +8,7 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -61,7 +62,11 @@ func (a *api) createSandbox(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *api) listSandboxes(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		a.fail(w, r, errdefs.InvalidArgument("the query string is malformed: %v", err))
+		return
+	}
 	f := control.SandboxFilter{Cursor: q.Get("cursor")}
 	for k, vs := range q {
 		switch {
@@ -236,7 +241,7 @@ func (a *api) exec(w http.ResponseWriter, r *http.Request) {
 			res.ExitCode, res.Status, res.Error = ev.Exit.Code, ev.Exit.Status, ev.Exit.Error
 		}
 		if stdout.Len() > maxExecOutput || stderr.Len() > maxExecOutput {
-			return errdefs.ResourceExhausted("the command wrote more than %d MiB to one stream; use /exec/stream for large output", maxExecOutput>>20)
+			return errdefs.TooLarge("the command wrote more than %d MiB to one stream; use /exec/stream for large output", maxExecOutput>>20)
 		}
 		return nil
 	})
@@ -306,7 +311,10 @@ func (a *api) execStream(w http.ResponseWriter, r *http.Request) {
 
 // fileQuery reads ?path= and ?user=.
 func fileQuery(r *http.Request) (string, string, error) {
-	q := r.URL.Query()
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return "", "", errdefs.InvalidArgument("the query string is malformed: %v", err)
+	}
 	for k := range q {
 		if k != "path" && k != "user" {
 			return "", "", errdefs.InvalidArgument("unknown query parameter %q (known: path, user)", k)
