@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"wrenn.dev/wrenn/internal/cli"
 	"wrenn.dev/wrenn/internal/version"
 )
 
@@ -27,8 +28,13 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"dev", "run the whole platform on this machine (database, agent, control plane, dashboard)", runDev},
+		{"server", "run the control plane (REST and WebSocket API, dashboard)", runServer},
 		{"agent", "run the host agent (boots and serves sandboxes on this host)", runAgent},
 		{"image", "build guest images: wrenn image build [minimal|base]", runImage},
+		{"sandbox", "create, list, exec in, shell into, copy to and from, and kill sandboxes", runSandbox},
+		{"template", "list templates; snapshot a sandbox into one; delete one", runTemplate},
+		{"login", "log in with email and password; saves a session token", runLogin},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) error {
 			fmt.Fprintf(stdout, "wrenn %s (envd protocol %s)\n", version.Version, version.EnvdCompat)
 			return nil
@@ -41,6 +47,10 @@ func main() {
 	err := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
+		var xe *cli.ExitError // a command run in a sandbox failed; it said why
+		if errors.As(err, &xe) {
+			os.Exit(xe.Code)
+		}
 		var ue usageError
 		if errors.As(err, &ue) {
 			fmt.Fprintln(os.Stderr, "wrenn:", err)
