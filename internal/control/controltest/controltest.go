@@ -9,6 +9,10 @@
 //	func TestMain(m *testing.M) {
 //		os.Exit(agenttest.Wrap("x-test-", &envdBin, func() int { return pgtest.Wrap(m.Run) }))
 //	}
+//
+// Programs that are not tests (the benchmarks in bench/) run the same
+// pieces with a [TB] of their own and a database they bring to
+// [NewWithStore].
 package controltest
 
 import (
@@ -16,8 +20,10 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"testing"
 	"time"
 
@@ -42,6 +48,26 @@ const (
 	SessionKey = "controltest-session-key-0123456789abcdef"
 )
 
+// TB is the part of testing.TB the harness uses. Tests pass their
+// *testing.T; other programs bring their own.
+type TB interface {
+	Helper()
+	TempDir() string
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
+// logger writes to a test's log; outside tests, warnings and errors go to
+// stderr.
+func logger(t TB) *slog.Logger {
+	if tt, ok := t.(testing.TB); ok {
+		return testlog.New(tt)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
 // Agent is a host agent on the fake driver, serving its API over h2c.
 type Agent struct {
 	URL     string
@@ -54,7 +80,7 @@ type Agent struct {
 
 // StartAgent starts an agent called hostID whose sandboxes run envdBin on
 // the host. It is stopped (its sandboxes destroyed) when the test ends.
-func StartAgent(t testing.TB, envdBin, hostID string) *Agent {
+func StartAgent(t TB, envdBin, hostID string) *Agent {
 	t.Helper()
 	host, err := agenttest.NewHost(32)
 	if err != nil {
@@ -68,7 +94,7 @@ func StartAgent(t testing.TB, envdBin, hostID string) *Agent {
 	m, err := agent.New(agent.Config{
 		DataDir: t.TempDir(), HostID: hostID, Driver: drv, Images: images, Network: host.Network(),
 		EnvdPort: host.EnvdPort, MaxVCPUs: 16, MaxMemoryMiB: 8192, StopGrace: 5 * time.Second,
-		Logger: testlog.New(t).With("host", hostID),
+		Logger: logger(t).With("host", hostID),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +116,7 @@ func StartAgent(t testing.TB, envdBin, hostID string) *Agent {
 
 // Stop stops serving and destroys the agent's sandboxes, as a host that
 // goes away; stopping twice does nothing.
-func (a *Agent) Stop(t testing.TB) {
+func (a *Agent) Stop(t TB) {
 	if a.stopped {
 		return
 	}
@@ -126,17 +152,25 @@ type Platform struct {
 type Options struct {
 	// Agents are agent URLs to register.
 	Agents []string
-	// HeartbeatTTL is the service's; zero is a minute.
-	HeartbeatTTL time.Duration
+	// HeartbeatTTL is the service's; zero is a minute. HeartbeatInterval
+	// is its host monitor's (which the test starts, if it wants one);
+	// zero is an hour.
+	HeartbeatTTL, HeartbeatInterval time.Duration
 	// Now is the service's clock; nil is time.Now.
 	Now func() time.Time
 }
 
 // New starts a control plane with two teams, A and B, and the agents in
-// opts registered.
+// opts registered, over a database schema of t's own (package pgtest).
 func New(t testing.TB, opts Options) *Platform {
 	t.Helper()
-	store := pgtest.New(t)
+	return NewWithStore(t, pgtest.New(t), opts)
+}
+
+// NewWithStore is New over store, an empty migrated database that the
+// caller closes after t's cleanups have run.
+func NewWithStore(t TB, store *db.DB, opts Options) *Platform {
+	t.Helper()
 	signer, err := auth.NewSigner([]byte(SessionKey))
 	if err != nil {
 		t.Fatal(err)
@@ -145,9 +179,12 @@ func New(t testing.TB, opts Options) *Platform {
 	if opts.HeartbeatTTL == 0 {
 		opts.HeartbeatTTL = time.Minute
 	}
+	if opts.HeartbeatInterval == 0 {
+		opts.HeartbeatInterval = time.Hour
+	}
 	svc, err := control.New(control.Config{
-		Store: store, Agents: pool, Sessions: signer, Logger: testlog.New(t).With("component", "control"),
-		HeartbeatTTL: opts.HeartbeatTTL, HeartbeatInterval: time.Hour, Now: opts.Now,
+		Store: store, Agents: pool, Sessions: signer, Logger: logger(t).With("component", "control"),
+		HeartbeatTTL: opts.HeartbeatTTL, HeartbeatInterval: opts.HeartbeatInterval, Now: opts.Now,
 		PasswordCost: bcrypt.MinCost,
 	})
 	if err != nil {
@@ -159,7 +196,7 @@ func New(t testing.TB, opts Options) *Platform {
 			t.Fatalf("AddHost(%s) = %v", u, err)
 		}
 	}
-	srv := httptest.NewServer(httpapi.New(svc, httpapi.Options{Logger: testlog.New(t).With("component", "httpapi")}))
+	srv := httptest.NewServer(httpapi.New(svc, httpapi.Options{Logger: logger(t).With("component", "httpapi")}))
 	t.Cleanup(func() {
 		srv.CloseClientConnections()
 		srv.Close()
@@ -172,7 +209,7 @@ func New(t testing.TB, opts Options) *Platform {
 }
 
 // NewTeam creates a team with keys and a user.
-func (p *Platform) NewTeam(t testing.TB, name string) Team {
+func (p *Platform) NewTeam(t TB, name string) Team {
 	t.Helper()
 	ctx := context.Background()
 	team, err := p.Store.CreateTeam(ctx, name)
@@ -203,7 +240,7 @@ type Response struct {
 }
 
 // JSON decodes the body into v, failing the test when it is not JSON.
-func (r Response) JSON(t testing.TB, v any) {
+func (r Response) JSON(t TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal(r.Body, v); err != nil {
 		t.Fatalf("response %d %q is not the JSON expected: %v", r.Status, r.Body, err)
@@ -221,7 +258,7 @@ func (r Response) Message() string {
 
 // Do calls the API with an API key (none when key is ""); body, when not
 // nil, is sent as JSON ([]byte as is).
-func (p *Platform) Do(t testing.TB, method, path, key string, body any) Response {
+func (p *Platform) Do(t TB, method, path, key string, body any) Response {
 	t.Helper()
 	h := http.Header{}
 	if key != "" {
@@ -231,7 +268,7 @@ func (p *Platform) Do(t testing.TB, method, path, key string, body any) Response
 }
 
 // DoHeader is Do with the request headers given.
-func (p *Platform) DoHeader(t testing.TB, method, path string, h http.Header, body any) Response {
+func (p *Platform) DoHeader(t TB, method, path string, h http.Header, body any) Response {
 	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
