@@ -559,3 +559,13 @@ func metricsToProto(m *sandbox.Metrics) *pb.Metrics {
 		DiskTotalBytes: m.DiskTotal,
 	}
 }
+
+// CreateSnapshot makes a snapshot template of a sandbox.
+func (s *service) CreateSnapshot(ctx context.Context, req *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
+	return nil, s.fail(ctx, req.Spec().Procedure, errdefs.NotImplemented("snapshot templates are not implemented by this agent yet"))
+}
+
+// DeleteSnapshot removes a snapshot template.
+func (s *service) DeleteSnapshot(ctx context.Context, req *connect.Request[pb.DeleteSnapshotRequest]) (*connect.Response[pb.DeleteSnapshotResponse], error) {
+	return nil, s.fail(ctx, req.Spec().Procedure, errdefs.NotImplemented("snapshot templates are not implemented by this agent yet"))
+}

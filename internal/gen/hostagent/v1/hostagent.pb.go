@@ -2025,6 +2025,277 @@ func (x *ListDirResponse) GetEntries() []*DirEntry {
 	return nil
 }
 
+type SnapshotTemplate struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Id              string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SourceSandboxId string                 `protobuf:"bytes,2,opt,name=source_sandbox_id,json=sourceSandboxId,proto3" json:"source_sandbox_id,omitempty"`
+	Vcpus           uint32                 `protobuf:"varint,3,opt,name=vcpus,proto3" json:"vcpus,omitempty"`
+	MemoryMib       uint32                 `protobuf:"varint,4,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	Driver          string                 `protobuf:"bytes,5,opt,name=driver,proto3" json:"driver,omitempty"`
+	// stored_bytes is what its files take on disk, counting layers it shares
+	// with other snapshots.
+	StoredBytes   uint64                 `protobuf:"varint,6,opt,name=stored_bytes,json=storedBytes,proto3" json:"stored_bytes,omitempty"`
+	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotTemplate) Reset() {
+	*x = SnapshotTemplate{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotTemplate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotTemplate) ProtoMessage() {}
+
+func (x *SnapshotTemplate) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotTemplate.ProtoReflect.Descriptor instead.
+func (*SnapshotTemplate) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SnapshotTemplate) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SnapshotTemplate) GetSourceSandboxId() string {
+	if x != nil {
+		return x.SourceSandboxId
+	}
+	return ""
+}
+
+func (x *SnapshotTemplate) GetVcpus() uint32 {
+	if x != nil {
+		return x.Vcpus
+	}
+	return 0
+}
+
+func (x *SnapshotTemplate) GetMemoryMib() uint32 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+func (x *SnapshotTemplate) GetDriver() string {
+	if x != nil {
+		return x.Driver
+	}
+	return ""
+}
+
+func (x *SnapshotTemplate) GetStoredBytes() uint64 {
+	if x != nil {
+		return x.StoredBytes
+	}
+	return 0
+}
+
+func (x *SnapshotTemplate) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type CreateSnapshotRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	SandboxId string                 `protobuf:"bytes,1,opt,name=sandbox_id,json=sandboxId,proto3" json:"sandbox_id,omitempty"`
+	// template_id names the new template: letters, digits, '.', '_' and '-'.
+	TemplateId    string `protobuf:"bytes,2,opt,name=template_id,json=templateId,proto3" json:"template_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSnapshotRequest) Reset() {
+	*x = CreateSnapshotRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSnapshotRequest) ProtoMessage() {}
+
+func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *CreateSnapshotRequest) GetSandboxId() string {
+	if x != nil {
+		return x.SandboxId
+	}
+	return ""
+}
+
+func (x *CreateSnapshotRequest) GetTemplateId() string {
+	if x != nil {
+		return x.TemplateId
+	}
+	return ""
+}
+
+type CreateSnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Template      *SnapshotTemplate      `protobuf:"bytes,1,opt,name=template,proto3" json:"template,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSnapshotResponse) Reset() {
+	*x = CreateSnapshotResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSnapshotResponse) ProtoMessage() {}
+
+func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *CreateSnapshotResponse) GetTemplate() *SnapshotTemplate {
+	if x != nil {
+		return x.Template
+	}
+	return nil
+}
+
+type DeleteSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TemplateId    string                 `protobuf:"bytes,1,opt,name=template_id,json=templateId,proto3" json:"template_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSnapshotRequest) Reset() {
+	*x = DeleteSnapshotRequest{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSnapshotRequest) ProtoMessage() {}
+
+func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *DeleteSnapshotRequest) GetTemplateId() string {
+	if x != nil {
+		return x.TemplateId
+	}
+	return ""
+}
+
+type DeleteSnapshotResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSnapshotResponse) Reset() {
+	*x = DeleteSnapshotResponse{}
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSnapshotResponse) ProtoMessage() {}
+
+func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_hostagent_v1_hostagent_proto_rawDescGZIP(), []int{33}
+}
+
 type ExecResponse_Started struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Pid           uint32                 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
@@ -2034,7 +2305,7 @@ type ExecResponse_Started struct {
 
 func (x *ExecResponse_Started) Reset() {
 	*x = ExecResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2046,7 +2317,7 @@ func (x *ExecResponse_Started) String() string {
 func (*ExecResponse_Started) ProtoMessage() {}
 
 func (x *ExecResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[33]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2080,7 +2351,7 @@ type ExecResponse_Exited struct {
 
 func (x *ExecResponse_Exited) Reset() {
 	*x = ExecResponse_Exited{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2092,7 +2363,7 @@ func (x *ExecResponse_Exited) String() string {
 func (*ExecResponse_Exited) ProtoMessage() {}
 
 func (x *ExecResponse_Exited) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[34]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2411,7 @@ type WriteFileRequest_Header struct {
 
 func (x *WriteFileRequest_Header) Reset() {
 	*x = WriteFileRequest_Header{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2152,7 +2423,7 @@ func (x *WriteFileRequest_Header) String() string {
 func (*WriteFileRequest_Header) ProtoMessage() {}
 
 func (x *WriteFileRequest_Header) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[35]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2479,7 @@ type PtyRequest_Open struct {
 
 func (x *PtyRequest_Open) Reset() {
 	*x = PtyRequest_Open{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2491,7 @@ func (x *PtyRequest_Open) String() string {
 func (*PtyRequest_Open) ProtoMessage() {}
 
 func (x *PtyRequest_Open) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[36]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2580,7 @@ type PtyRequest_Resize struct {
 
 func (x *PtyRequest_Resize) Reset() {
 	*x = PtyRequest_Resize{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2321,7 +2592,7 @@ func (x *PtyRequest_Resize) String() string {
 func (*PtyRequest_Resize) ProtoMessage() {}
 
 func (x *PtyRequest_Resize) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[37]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2631,7 @@ type PtyResponse_Started struct {
 
 func (x *PtyResponse_Started) Reset() {
 	*x = PtyResponse_Started{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2643,7 @@ func (x *PtyResponse_Started) String() string {
 func (*PtyResponse_Started) ProtoMessage() {}
 
 func (x *PtyResponse_Started) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[39]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2676,7 @@ type PtyResponse_Exited struct {
 
 func (x *PtyResponse_Exited) Reset() {
 	*x = PtyResponse_Exited{}
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2688,7 @@ func (x *PtyResponse_Exited) String() string {
 func (*PtyResponse_Exited) ProtoMessage() {}
 
 func (x *PtyResponse_Exited) ProtoReflect() protoreflect.Message {
-	mi := &file_hostagent_v1_hostagent_proto_msgTypes[40]
+	mi := &file_hostagent_v1_hostagent_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2637,7 +2908,28 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vmodified_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"modifiedAt\"I\n" +
 	"\x0fListDirResponse\x126\n" +
-	"\aentries\x18\x01 \x03(\v2\x1c.wrenn.hostagent.v1.DirEntryR\aentries*\x84\x02\n" +
+	"\aentries\x18\x01 \x03(\v2\x1c.wrenn.hostagent.v1.DirEntryR\aentries\"\xf9\x01\n" +
+	"\x10SnapshotTemplate\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
+	"\x11source_sandbox_id\x18\x02 \x01(\tR\x0fsourceSandboxId\x12\x14\n" +
+	"\x05vcpus\x18\x03 \x01(\rR\x05vcpus\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x04 \x01(\rR\tmemoryMib\x12\x16\n" +
+	"\x06driver\x18\x05 \x01(\tR\x06driver\x12!\n" +
+	"\fstored_bytes\x18\x06 \x01(\x04R\vstoredBytes\x129\n" +
+	"\n" +
+	"created_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"W\n" +
+	"\x15CreateSnapshotRequest\x12\x1d\n" +
+	"\n" +
+	"sandbox_id\x18\x01 \x01(\tR\tsandboxId\x12\x1f\n" +
+	"\vtemplate_id\x18\x02 \x01(\tR\n" +
+	"templateId\"Z\n" +
+	"\x16CreateSnapshotResponse\x12@\n" +
+	"\btemplate\x18\x01 \x01(\v2$.wrenn.hostagent.v1.SnapshotTemplateR\btemplate\"8\n" +
+	"\x15DeleteSnapshotRequest\x12\x1f\n" +
+	"\vtemplate_id\x18\x01 \x01(\tR\n" +
+	"templateId\"\x18\n" +
+	"\x16DeleteSnapshotResponse*\x84\x02\n" +
 	"\fSandboxState\x12\x1d\n" +
 	"\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STARTING\x10\x01\x12\x19\n" +
@@ -2647,7 +2939,7 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\x16SANDBOX_STATE_RESUMING\x10\x05\x12\x1a\n" +
 	"\x16SANDBOX_STATE_STOPPING\x10\x06\x12\x19\n" +
 	"\x15SANDBOX_STATE_STOPPED\x10\a\x12\x16\n" +
-	"\x12SANDBOX_STATE_DEAD\x10\b2\xc5\t\n" +
+	"\x12SANDBOX_STATE_DEAD\x10\b2\x97\v\n" +
 	"\tHostAgent\x12d\n" +
 	"\rCreateSandbox\x12(.wrenn.hostagent.v1.CreateSandboxRequest\x1a).wrenn.hostagent.v1.CreateSandboxResponse\x12[\n" +
 	"\n" +
@@ -2663,7 +2955,9 @@ const file_hostagent_v1_hostagent_proto_rawDesc = "" +
 	"\vGetHostInfo\x12&.wrenn.hostagent.v1.GetHostInfoRequest\x1a'.wrenn.hostagent.v1.GetHostInfoResponse\x12a\n" +
 	"\fPauseSandbox\x12'.wrenn.hostagent.v1.PauseSandboxRequest\x1a(.wrenn.hostagent.v1.PauseSandboxResponse\x12d\n" +
 	"\rResumeSandbox\x12(.wrenn.hostagent.v1.ResumeSandboxRequest\x1a).wrenn.hostagent.v1.ResumeSandboxResponse\x12R\n" +
-	"\aListDir\x12\".wrenn.hostagent.v1.ListDirRequest\x1a#.wrenn.hostagent.v1.ListDirResponseB\xc9\x01\n" +
+	"\aListDir\x12\".wrenn.hostagent.v1.ListDirRequest\x1a#.wrenn.hostagent.v1.ListDirResponse\x12g\n" +
+	"\x0eCreateSnapshot\x12).wrenn.hostagent.v1.CreateSnapshotRequest\x1a*.wrenn.hostagent.v1.CreateSnapshotResponse\x12g\n" +
+	"\x0eDeleteSnapshot\x12).wrenn.hostagent.v1.DeleteSnapshotRequest\x1a*.wrenn.hostagent.v1.DeleteSnapshotResponseB\xc9\x01\n" +
 	"\x16com.wrenn.hostagent.v1B\x0eHostagentProtoP\x01Z5wrenn.dev/wrenn/internal/gen/hostagent/v1;hostagentv1\xa2\x02\x03WHX\xaa\x02\x12Wrenn.Hostagent.V1\xca\x02\x12Wrenn\\Hostagent\\V1\xe2\x02\x1eWrenn\\Hostagent\\V1\\GPBMetadata\xea\x02\x14Wrenn::Hostagent::V1b\x06proto3"
 
 var (
@@ -2679,7 +2973,7 @@ func file_hostagent_v1_hostagent_proto_rawDescGZIP() []byte {
 }
 
 var file_hostagent_v1_hostagent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_hostagent_v1_hostagent_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(SandboxState)(0),               // 0: wrenn.hostagent.v1.SandboxState
 	(*Sandbox)(nil),                 // 1: wrenn.hostagent.v1.Sandbox
@@ -2711,77 +3005,88 @@ var file_hostagent_v1_hostagent_proto_goTypes = []any{
 	(*ListDirRequest)(nil),          // 27: wrenn.hostagent.v1.ListDirRequest
 	(*DirEntry)(nil),                // 28: wrenn.hostagent.v1.DirEntry
 	(*ListDirResponse)(nil),         // 29: wrenn.hostagent.v1.ListDirResponse
-	nil,                             // 30: wrenn.hostagent.v1.Sandbox.MetadataEntry
-	nil,                             // 31: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	nil,                             // 32: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
-	nil,                             // 33: wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	(*ExecResponse_Started)(nil),    // 34: wrenn.hostagent.v1.ExecResponse.Started
-	(*ExecResponse_Exited)(nil),     // 35: wrenn.hostagent.v1.ExecResponse.Exited
-	(*WriteFileRequest_Header)(nil), // 36: wrenn.hostagent.v1.WriteFileRequest.Header
-	(*PtyRequest_Open)(nil),         // 37: wrenn.hostagent.v1.PtyRequest.Open
-	(*PtyRequest_Resize)(nil),       // 38: wrenn.hostagent.v1.PtyRequest.Resize
-	nil,                             // 39: wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
-	(*PtyResponse_Started)(nil),     // 40: wrenn.hostagent.v1.PtyResponse.Started
-	(*PtyResponse_Exited)(nil),      // 41: wrenn.hostagent.v1.PtyResponse.Exited
-	(*timestamppb.Timestamp)(nil),   // 42: google.protobuf.Timestamp
+	(*SnapshotTemplate)(nil),        // 30: wrenn.hostagent.v1.SnapshotTemplate
+	(*CreateSnapshotRequest)(nil),   // 31: wrenn.hostagent.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),  // 32: wrenn.hostagent.v1.CreateSnapshotResponse
+	(*DeleteSnapshotRequest)(nil),   // 33: wrenn.hostagent.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),  // 34: wrenn.hostagent.v1.DeleteSnapshotResponse
+	nil,                             // 35: wrenn.hostagent.v1.Sandbox.MetadataEntry
+	nil,                             // 36: wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	nil,                             // 37: wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	nil,                             // 38: wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	(*ExecResponse_Started)(nil),    // 39: wrenn.hostagent.v1.ExecResponse.Started
+	(*ExecResponse_Exited)(nil),     // 40: wrenn.hostagent.v1.ExecResponse.Exited
+	(*WriteFileRequest_Header)(nil), // 41: wrenn.hostagent.v1.WriteFileRequest.Header
+	(*PtyRequest_Open)(nil),         // 42: wrenn.hostagent.v1.PtyRequest.Open
+	(*PtyRequest_Resize)(nil),       // 43: wrenn.hostagent.v1.PtyRequest.Resize
+	nil,                             // 44: wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
+	(*PtyResponse_Started)(nil),     // 45: wrenn.hostagent.v1.PtyResponse.Started
+	(*PtyResponse_Exited)(nil),      // 46: wrenn.hostagent.v1.PtyResponse.Exited
+	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
 }
 var file_hostagent_v1_hostagent_proto_depIdxs = []int32{
 	0,  // 0: wrenn.hostagent.v1.Sandbox.state:type_name -> wrenn.hostagent.v1.SandboxState
-	42, // 1: wrenn.hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
-	42, // 2: wrenn.hostagent.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
-	30, // 3: wrenn.hostagent.v1.Sandbox.metadata:type_name -> wrenn.hostagent.v1.Sandbox.MetadataEntry
+	47, // 1: wrenn.hostagent.v1.Sandbox.created_at:type_name -> google.protobuf.Timestamp
+	47, // 2: wrenn.hostagent.v1.Sandbox.expires_at:type_name -> google.protobuf.Timestamp
+	35, // 3: wrenn.hostagent.v1.Sandbox.metadata:type_name -> wrenn.hostagent.v1.Sandbox.MetadataEntry
 	2,  // 4: wrenn.hostagent.v1.Sandbox.metrics:type_name -> wrenn.hostagent.v1.Metrics
-	42, // 5: wrenn.hostagent.v1.Metrics.sampled_at:type_name -> google.protobuf.Timestamp
-	31, // 6: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
-	32, // 7: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
+	47, // 5: wrenn.hostagent.v1.Metrics.sampled_at:type_name -> google.protobuf.Timestamp
+	36, // 6: wrenn.hostagent.v1.CreateSandboxRequest.env_vars:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.EnvVarsEntry
+	37, // 7: wrenn.hostagent.v1.CreateSandboxRequest.metadata:type_name -> wrenn.hostagent.v1.CreateSandboxRequest.MetadataEntry
 	1,  // 8: wrenn.hostagent.v1.CreateSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
 	1,  // 9: wrenn.hostagent.v1.GetSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
 	1,  // 10: wrenn.hostagent.v1.ListSandboxesResponse.sandboxes:type_name -> wrenn.hostagent.v1.Sandbox
-	42, // 11: wrenn.hostagent.v1.SetTimeoutResponse.expires_at:type_name -> google.protobuf.Timestamp
-	33, // 12: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
-	34, // 13: wrenn.hostagent.v1.ExecResponse.started:type_name -> wrenn.hostagent.v1.ExecResponse.Started
-	35, // 14: wrenn.hostagent.v1.ExecResponse.exited:type_name -> wrenn.hostagent.v1.ExecResponse.Exited
-	36, // 15: wrenn.hostagent.v1.WriteFileRequest.header:type_name -> wrenn.hostagent.v1.WriteFileRequest.Header
-	37, // 16: wrenn.hostagent.v1.PtyRequest.open:type_name -> wrenn.hostagent.v1.PtyRequest.Open
-	38, // 17: wrenn.hostagent.v1.PtyRequest.resize:type_name -> wrenn.hostagent.v1.PtyRequest.Resize
-	40, // 18: wrenn.hostagent.v1.PtyResponse.started:type_name -> wrenn.hostagent.v1.PtyResponse.Started
-	41, // 19: wrenn.hostagent.v1.PtyResponse.exited:type_name -> wrenn.hostagent.v1.PtyResponse.Exited
+	47, // 11: wrenn.hostagent.v1.SetTimeoutResponse.expires_at:type_name -> google.protobuf.Timestamp
+	38, // 12: wrenn.hostagent.v1.ExecRequest.envs:type_name -> wrenn.hostagent.v1.ExecRequest.EnvsEntry
+	39, // 13: wrenn.hostagent.v1.ExecResponse.started:type_name -> wrenn.hostagent.v1.ExecResponse.Started
+	40, // 14: wrenn.hostagent.v1.ExecResponse.exited:type_name -> wrenn.hostagent.v1.ExecResponse.Exited
+	41, // 15: wrenn.hostagent.v1.WriteFileRequest.header:type_name -> wrenn.hostagent.v1.WriteFileRequest.Header
+	42, // 16: wrenn.hostagent.v1.PtyRequest.open:type_name -> wrenn.hostagent.v1.PtyRequest.Open
+	43, // 17: wrenn.hostagent.v1.PtyRequest.resize:type_name -> wrenn.hostagent.v1.PtyRequest.Resize
+	45, // 18: wrenn.hostagent.v1.PtyResponse.started:type_name -> wrenn.hostagent.v1.PtyResponse.Started
+	46, // 19: wrenn.hostagent.v1.PtyResponse.exited:type_name -> wrenn.hostagent.v1.PtyResponse.Exited
 	1,  // 20: wrenn.hostagent.v1.PauseSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
 	1,  // 21: wrenn.hostagent.v1.ResumeSandboxResponse.sandbox:type_name -> wrenn.hostagent.v1.Sandbox
-	42, // 22: wrenn.hostagent.v1.DirEntry.modified_at:type_name -> google.protobuf.Timestamp
+	47, // 22: wrenn.hostagent.v1.DirEntry.modified_at:type_name -> google.protobuf.Timestamp
 	28, // 23: wrenn.hostagent.v1.ListDirResponse.entries:type_name -> wrenn.hostagent.v1.DirEntry
-	39, // 24: wrenn.hostagent.v1.PtyRequest.Open.envs:type_name -> wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
-	3,  // 25: wrenn.hostagent.v1.HostAgent.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
-	5,  // 26: wrenn.hostagent.v1.HostAgent.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
-	7,  // 27: wrenn.hostagent.v1.HostAgent.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
-	9,  // 28: wrenn.hostagent.v1.HostAgent.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
-	11, // 29: wrenn.hostagent.v1.HostAgent.SetTimeout:input_type -> wrenn.hostagent.v1.SetTimeoutRequest
-	13, // 30: wrenn.hostagent.v1.HostAgent.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
-	15, // 31: wrenn.hostagent.v1.HostAgent.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
-	17, // 32: wrenn.hostagent.v1.HostAgent.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
-	19, // 33: wrenn.hostagent.v1.HostAgent.Pty:input_type -> wrenn.hostagent.v1.PtyRequest
-	21, // 34: wrenn.hostagent.v1.HostAgent.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
-	23, // 35: wrenn.hostagent.v1.HostAgent.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
-	25, // 36: wrenn.hostagent.v1.HostAgent.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
-	27, // 37: wrenn.hostagent.v1.HostAgent.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
-	4,  // 38: wrenn.hostagent.v1.HostAgent.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
-	6,  // 39: wrenn.hostagent.v1.HostAgent.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
-	8,  // 40: wrenn.hostagent.v1.HostAgent.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
-	10, // 41: wrenn.hostagent.v1.HostAgent.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
-	12, // 42: wrenn.hostagent.v1.HostAgent.SetTimeout:output_type -> wrenn.hostagent.v1.SetTimeoutResponse
-	14, // 43: wrenn.hostagent.v1.HostAgent.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
-	16, // 44: wrenn.hostagent.v1.HostAgent.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
-	18, // 45: wrenn.hostagent.v1.HostAgent.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
-	20, // 46: wrenn.hostagent.v1.HostAgent.Pty:output_type -> wrenn.hostagent.v1.PtyResponse
-	22, // 47: wrenn.hostagent.v1.HostAgent.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
-	24, // 48: wrenn.hostagent.v1.HostAgent.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
-	26, // 49: wrenn.hostagent.v1.HostAgent.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
-	29, // 50: wrenn.hostagent.v1.HostAgent.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
-	38, // [38:51] is the sub-list for method output_type
-	25, // [25:38] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	47, // 24: wrenn.hostagent.v1.SnapshotTemplate.created_at:type_name -> google.protobuf.Timestamp
+	30, // 25: wrenn.hostagent.v1.CreateSnapshotResponse.template:type_name -> wrenn.hostagent.v1.SnapshotTemplate
+	44, // 26: wrenn.hostagent.v1.PtyRequest.Open.envs:type_name -> wrenn.hostagent.v1.PtyRequest.Open.EnvsEntry
+	3,  // 27: wrenn.hostagent.v1.HostAgent.CreateSandbox:input_type -> wrenn.hostagent.v1.CreateSandboxRequest
+	5,  // 28: wrenn.hostagent.v1.HostAgent.GetSandbox:input_type -> wrenn.hostagent.v1.GetSandboxRequest
+	7,  // 29: wrenn.hostagent.v1.HostAgent.ListSandboxes:input_type -> wrenn.hostagent.v1.ListSandboxesRequest
+	9,  // 30: wrenn.hostagent.v1.HostAgent.DestroySandbox:input_type -> wrenn.hostagent.v1.DestroySandboxRequest
+	11, // 31: wrenn.hostagent.v1.HostAgent.SetTimeout:input_type -> wrenn.hostagent.v1.SetTimeoutRequest
+	13, // 32: wrenn.hostagent.v1.HostAgent.Exec:input_type -> wrenn.hostagent.v1.ExecRequest
+	15, // 33: wrenn.hostagent.v1.HostAgent.WriteFile:input_type -> wrenn.hostagent.v1.WriteFileRequest
+	17, // 34: wrenn.hostagent.v1.HostAgent.ReadFile:input_type -> wrenn.hostagent.v1.ReadFileRequest
+	19, // 35: wrenn.hostagent.v1.HostAgent.Pty:input_type -> wrenn.hostagent.v1.PtyRequest
+	21, // 36: wrenn.hostagent.v1.HostAgent.GetHostInfo:input_type -> wrenn.hostagent.v1.GetHostInfoRequest
+	23, // 37: wrenn.hostagent.v1.HostAgent.PauseSandbox:input_type -> wrenn.hostagent.v1.PauseSandboxRequest
+	25, // 38: wrenn.hostagent.v1.HostAgent.ResumeSandbox:input_type -> wrenn.hostagent.v1.ResumeSandboxRequest
+	27, // 39: wrenn.hostagent.v1.HostAgent.ListDir:input_type -> wrenn.hostagent.v1.ListDirRequest
+	31, // 40: wrenn.hostagent.v1.HostAgent.CreateSnapshot:input_type -> wrenn.hostagent.v1.CreateSnapshotRequest
+	33, // 41: wrenn.hostagent.v1.HostAgent.DeleteSnapshot:input_type -> wrenn.hostagent.v1.DeleteSnapshotRequest
+	4,  // 42: wrenn.hostagent.v1.HostAgent.CreateSandbox:output_type -> wrenn.hostagent.v1.CreateSandboxResponse
+	6,  // 43: wrenn.hostagent.v1.HostAgent.GetSandbox:output_type -> wrenn.hostagent.v1.GetSandboxResponse
+	8,  // 44: wrenn.hostagent.v1.HostAgent.ListSandboxes:output_type -> wrenn.hostagent.v1.ListSandboxesResponse
+	10, // 45: wrenn.hostagent.v1.HostAgent.DestroySandbox:output_type -> wrenn.hostagent.v1.DestroySandboxResponse
+	12, // 46: wrenn.hostagent.v1.HostAgent.SetTimeout:output_type -> wrenn.hostagent.v1.SetTimeoutResponse
+	14, // 47: wrenn.hostagent.v1.HostAgent.Exec:output_type -> wrenn.hostagent.v1.ExecResponse
+	16, // 48: wrenn.hostagent.v1.HostAgent.WriteFile:output_type -> wrenn.hostagent.v1.WriteFileResponse
+	18, // 49: wrenn.hostagent.v1.HostAgent.ReadFile:output_type -> wrenn.hostagent.v1.ReadFileResponse
+	20, // 50: wrenn.hostagent.v1.HostAgent.Pty:output_type -> wrenn.hostagent.v1.PtyResponse
+	22, // 51: wrenn.hostagent.v1.HostAgent.GetHostInfo:output_type -> wrenn.hostagent.v1.GetHostInfoResponse
+	24, // 52: wrenn.hostagent.v1.HostAgent.PauseSandbox:output_type -> wrenn.hostagent.v1.PauseSandboxResponse
+	26, // 53: wrenn.hostagent.v1.HostAgent.ResumeSandbox:output_type -> wrenn.hostagent.v1.ResumeSandboxResponse
+	29, // 54: wrenn.hostagent.v1.HostAgent.ListDir:output_type -> wrenn.hostagent.v1.ListDirResponse
+	32, // 55: wrenn.hostagent.v1.HostAgent.CreateSnapshot:output_type -> wrenn.hostagent.v1.CreateSnapshotResponse
+	34, // 56: wrenn.hostagent.v1.HostAgent.DeleteSnapshot:output_type -> wrenn.hostagent.v1.DeleteSnapshotResponse
+	42, // [42:57] is the sub-list for method output_type
+	27, // [27:42] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_hostagent_v1_hostagent_proto_init() }
@@ -2815,7 +3120,7 @@ func file_hostagent_v1_hostagent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hostagent_v1_hostagent_proto_rawDesc), len(file_hostagent_v1_hostagent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   41,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -68,6 +68,12 @@ const (
 	HostAgentResumeSandboxProcedure = "/wrenn.hostagent.v1.HostAgent/ResumeSandbox"
 	// HostAgentListDirProcedure is the fully-qualified name of the HostAgent's ListDir RPC.
 	HostAgentListDirProcedure = "/wrenn.hostagent.v1.HostAgent/ListDir"
+	// HostAgentCreateSnapshotProcedure is the fully-qualified name of the HostAgent's CreateSnapshot
+	// RPC.
+	HostAgentCreateSnapshotProcedure = "/wrenn.hostagent.v1.HostAgent/CreateSnapshot"
+	// HostAgentDeleteSnapshotProcedure is the fully-qualified name of the HostAgent's DeleteSnapshot
+	// RPC.
+	HostAgentDeleteSnapshotProcedure = "/wrenn.hostagent.v1.HostAgent/DeleteSnapshot"
 )
 
 // HostAgentClient is a client for the wrenn.hostagent.v1.HostAgent service.
@@ -97,6 +103,11 @@ type HostAgentClient interface {
 	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
 	// ListDir lists one directory in a running sandbox.
 	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
+	// CreateSnapshot makes a named snapshot template from a running or
+	// paused sandbox; CreateSandbox with the template's id as its template
+	// restores it. DeleteSnapshot removes a template and its files.
+	CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error)
+	DeleteSnapshot(context.Context, *connect.Request[v1.DeleteSnapshotRequest]) (*connect.Response[v1.DeleteSnapshotResponse], error)
 }
 
 // NewHostAgentClient constructs a client for the wrenn.hostagent.v1.HostAgent service. By default,
@@ -188,6 +199,18 @@ func NewHostAgentClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(hostAgentMethods.ByName("ListDir")),
 			connect.WithClientOptions(opts...),
 		),
+		createSnapshot: connect.NewClient[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse](
+			httpClient,
+			baseURL+HostAgentCreateSnapshotProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("CreateSnapshot")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteSnapshot: connect.NewClient[v1.DeleteSnapshotRequest, v1.DeleteSnapshotResponse](
+			httpClient,
+			baseURL+HostAgentDeleteSnapshotProcedure,
+			connect.WithSchema(hostAgentMethods.ByName("DeleteSnapshot")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -206,6 +229,8 @@ type hostAgentClient struct {
 	pauseSandbox   *connect.Client[v1.PauseSandboxRequest, v1.PauseSandboxResponse]
 	resumeSandbox  *connect.Client[v1.ResumeSandboxRequest, v1.ResumeSandboxResponse]
 	listDir        *connect.Client[v1.ListDirRequest, v1.ListDirResponse]
+	createSnapshot *connect.Client[v1.CreateSnapshotRequest, v1.CreateSnapshotResponse]
+	deleteSnapshot *connect.Client[v1.DeleteSnapshotRequest, v1.DeleteSnapshotResponse]
 }
 
 // CreateSandbox calls wrenn.hostagent.v1.HostAgent.CreateSandbox.
@@ -273,6 +298,16 @@ func (c *hostAgentClient) ListDir(ctx context.Context, req *connect.Request[v1.L
 	return c.listDir.CallUnary(ctx, req)
 }
 
+// CreateSnapshot calls wrenn.hostagent.v1.HostAgent.CreateSnapshot.
+func (c *hostAgentClient) CreateSnapshot(ctx context.Context, req *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {
+	return c.createSnapshot.CallUnary(ctx, req)
+}
+
+// DeleteSnapshot calls wrenn.hostagent.v1.HostAgent.DeleteSnapshot.
+func (c *hostAgentClient) DeleteSnapshot(ctx context.Context, req *connect.Request[v1.DeleteSnapshotRequest]) (*connect.Response[v1.DeleteSnapshotResponse], error) {
+	return c.deleteSnapshot.CallUnary(ctx, req)
+}
+
 // HostAgentHandler is an implementation of the wrenn.hostagent.v1.HostAgent service.
 type HostAgentHandler interface {
 	// CreateSandbox boots a sandbox and returns once envd in it answers.
@@ -300,6 +335,11 @@ type HostAgentHandler interface {
 	ResumeSandbox(context.Context, *connect.Request[v1.ResumeSandboxRequest]) (*connect.Response[v1.ResumeSandboxResponse], error)
 	// ListDir lists one directory in a running sandbox.
 	ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error)
+	// CreateSnapshot makes a named snapshot template from a running or
+	// paused sandbox; CreateSandbox with the template's id as its template
+	// restores it. DeleteSnapshot removes a template and its files.
+	CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error)
+	DeleteSnapshot(context.Context, *connect.Request[v1.DeleteSnapshotRequest]) (*connect.Response[v1.DeleteSnapshotResponse], error)
 }
 
 // NewHostAgentHandler builds an HTTP handler from the service implementation. It returns the path
@@ -387,6 +427,18 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(hostAgentMethods.ByName("ListDir")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostAgentCreateSnapshotHandler := connect.NewUnaryHandler(
+		HostAgentCreateSnapshotProcedure,
+		svc.CreateSnapshot,
+		connect.WithSchema(hostAgentMethods.ByName("CreateSnapshot")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostAgentDeleteSnapshotHandler := connect.NewUnaryHandler(
+		HostAgentDeleteSnapshotProcedure,
+		svc.DeleteSnapshot,
+		connect.WithSchema(hostAgentMethods.ByName("DeleteSnapshot")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/wrenn.hostagent.v1.HostAgent/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostAgentCreateSandboxProcedure:
@@ -415,6 +467,10 @@ func NewHostAgentHandler(svc HostAgentHandler, opts ...connect.HandlerOption) (s
 			hostAgentResumeSandboxHandler.ServeHTTP(w, r)
 		case HostAgentListDirProcedure:
 			hostAgentListDirHandler.ServeHTTP(w, r)
+		case HostAgentCreateSnapshotProcedure:
+			hostAgentCreateSnapshotHandler.ServeHTTP(w, r)
+		case HostAgentDeleteSnapshotProcedure:
+			hostAgentDeleteSnapshotHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -474,4 +530,12 @@ func (UnimplementedHostAgentHandler) ResumeSandbox(context.Context, *connect.Req
 
 func (UnimplementedHostAgentHandler) ListDir(context.Context, *connect.Request[v1.ListDirRequest]) (*connect.Response[v1.ListDirResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.ListDir is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) CreateSnapshot(context.Context, *connect.Request[v1.CreateSnapshotRequest]) (*connect.Response[v1.CreateSnapshotResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.CreateSnapshot is not implemented"))
+}
+
+func (UnimplementedHostAgentHandler) DeleteSnapshot(context.Context, *connect.Request[v1.DeleteSnapshotRequest]) (*connect.Response[v1.DeleteSnapshotResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("wrenn.hostagent.v1.HostAgent.DeleteSnapshot is not implemented"))
 }
