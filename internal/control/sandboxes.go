@@ -266,7 +266,8 @@ func (s *Service) placeAndRecord(ctx context.Context, p Principal, req CreateSan
 	type usage struct{ vcpus, mem int64 }
 	used := map[string]usage{}
 	for _, sb := range live {
-		if sb.HostID != "" {
+		// A paused sandbox is files on its host, not vCPUs and memory.
+		if sb.HostID != "" && sb.State != sandbox.StatePaused {
 			u := used[sb.HostID]
 			used[sb.HostID] = usage{u.vcpus + int64(sb.VCPUs), u.mem + int64(sb.MemoryMiB)}
 		}

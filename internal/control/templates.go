@@ -2,11 +2,18 @@ package control
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"slices"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"wrenn.dev/wrenn/internal/control/db"
 	"wrenn.dev/wrenn/internal/errdefs"
+	pb "wrenn.dev/wrenn/internal/gen/hostagent/v1"
+	"wrenn.dev/wrenn/internal/sandbox"
 )
 
 // Template kinds.
@@ -86,23 +93,84 @@ func (s *Service) ListSnapshots(ctx context.Context, p Principal) ([]Template, e
 	return out, nil
 }
 
+// newTemplateID returns a fresh template ID, the name the agent stores it
+// under.
+func newTemplateID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "tpl-" + hex.EncodeToString(b[:])
+}
+
 // CreateSnapshot takes a named snapshot template of one of p's team's
-// sandboxes.
+// running or paused sandboxes. Sandboxes created from it restore it, on
+// the host that holds its files.
 func (s *Service) CreateSnapshot(ctx context.Context, p Principal, sandboxID, name string) (Template, error) {
 	if err := validName("name", name, maxTemplateName); err != nil {
 		return Template{}, err
 	}
-	if _, err := s.sandboxOf(ctx, p, sandboxID, false); err != nil {
+	sb, err := s.sandboxOf(ctx, p, sandboxID, false)
+	if err != nil {
 		return Template{}, err
 	}
-	return Template{}, errdefs.NotImplemented("snapshot templates are not available yet: the host agents cannot take snapshots")
+	if sb.State != sandbox.StateRunning && sb.State != sandbox.StatePaused {
+		return Template{}, errdefs.Conflict("sandbox %s is %s; snapshot a running or paused sandbox", sb.ID, sb.State)
+	}
+	if _, err := s.store.GetTemplate(ctx, p.TeamID, name); err == nil {
+		return Template{}, errdefs.AlreadyExists("template %q already exists", name)
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
+		return Template{}, err
+	}
+	c, err := s.hostFor(ctx, sb)
+	if err != nil {
+		return Template{}, err
+	}
+	id := newTemplateID()
+	resp, err := c.CreateSnapshot(ctx, connect.NewRequest(&pb.CreateSnapshotRequest{SandboxId: sb.ID, TemplateId: id}))
+	if err != nil {
+		return Template{}, agentError(sb.HostID, err)
+	}
+	t, err := s.store.CreateTemplate(ctx, db.Template{
+		ID: id, TeamID: p.TeamID, Name: name, VCPUs: int(resp.Msg.GetTemplate().GetVcpus()),
+		MemoryMiB: int(resp.Msg.GetTemplate().GetMemoryMib()), SourceSandboxID: sb.ID, HostID: sb.HostID,
+	})
+	if err != nil {
+		// Do not leave the agent holding files nobody can reach.
+		if _, derr := c.DeleteSnapshot(context.WithoutCancel(ctx), connect.NewRequest(&pb.DeleteSnapshotRequest{TemplateId: id})); derr != nil {
+			s.log.Warn("removing a snapshot that could not be recorded", logKeyHost, sb.HostID, "template", id, logKeyErr, derr)
+		}
+		return Template{}, err
+	}
+	s.log.Info("snapshot template created", logKeySandbox, sb.ID, "template", id, "name", name)
+	return snapshotTemplate(t), nil
 }
 
-// DeleteSnapshot deletes one of p's team's snapshot templates.
+// DeleteSnapshot deletes one of p's team's snapshot templates and its
+// files on its host. Sandboxes already made from it are not affected.
 func (s *Service) DeleteSnapshot(ctx context.Context, p Principal, name string) error {
 	if err := validName("name", name, maxTemplateName); err != nil {
 		return errdefs.NotFound("template %q not found", name)
 	}
-	_, err := s.store.DeleteTemplate(ctx, p.TeamID, name)
+	t, err := s.store.GetTemplate(ctx, p.TeamID, name)
+	if err != nil {
+		return err
+	}
+	if t.TeamID != p.TeamID {
+		return errdefs.NotFound("template %q not found", name) // built in
+	}
+	if t.HostID != "" {
+		h, err := s.store.GetHost(ctx, t.HostID)
+		switch {
+		case errors.Is(err, errdefs.ErrNotFound):
+			// The host is gone, and its files with it.
+		case err != nil:
+			return err
+		default:
+			_, err := s.agents.Client(h.Address).DeleteSnapshot(ctx, connect.NewRequest(&pb.DeleteSnapshotRequest{TemplateId: t.ID}))
+			if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+				return agentError(t.HostID, err)
+			}
+		}
+	}
+	_, err = s.store.DeleteTemplate(ctx, p.TeamID, name)
 	return err
 }
