@@ -121,14 +121,33 @@ func TestPTYWebSocket(t *testing.T) {
 	var login struct{ Token string }
 	p.Do(t, "POST", "/v1/auth/login", "", map[string]string{"email": p.A.Email, "password": p.A.Password}).JSON(t, &login)
 	bad := dialPTY(t, p, sb.ID, "token="+login.Token)
+	var err error
 	bad.conn.Write(context.Background(), websocket.MessageText, []byte(`{"type":"dance"}`)) //nolint:errcheck
-	_, _, err := bad.conn.Read(context.Background())
+	_, _, err = bad.conn.Read(context.Background())
 	for err == nil {
 		_, _, err = bad.conn.Read(context.Background())
 	}
 	if websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
 		t.Errorf("after a bad control frame: %v, want close 1008", err)
 	}
+	// An admin of another team reaches the sandbox only on the admin route.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	base := "ws" + strings.TrimPrefix(p.URL, "http")
+	if _, resp, err := websocket.Dial(ctx, base+"/v1/sandboxes/"+sb.ID+"/pty?token="+p.B.AdminKey, nil); err == nil || resp == nil || resp.StatusCode != 404 {
+		t.Errorf("team B's admin on the team route: %v %v, want 404", err, resp)
+	}
+	if _, resp, err := websocket.Dial(ctx, base+"/v1/admin/sandboxes/"+sb.ID+"/pty?token="+p.B.MemberKey, nil); err == nil || resp == nil || resp.StatusCode != 403 {
+		t.Errorf("team B's member on the admin route: %v %v, want 403", err, resp)
+	}
+	adm, _, err := websocket.Dial(ctx, base+"/v1/admin/sandboxes/"+sb.ID+"/pty?token="+p.B.AdminKey+"&cmd="+url.QueryEscape("echo admin-was-here"), nil)
+	if err != nil {
+		t.Fatalf("team B's admin on the admin route: %v", err)
+	}
+	at := &term{t: t, conn: adm}
+	at.until("admin-was-here")
+	adm.CloseNow()
+
 	// Reattaching to a pid that is not there is a clear refusal.
 	r := p.DoHeader(t, "GET", "/v1/sandboxes/"+sb.ID+"/pty?pid=999999", http.Header{"X-Api-Key": {p.A.MemberKey}, "Upgrade": {"websocket"}, "Connection": {"Upgrade"}}, nil)
 	if r.Status != 404 && r.Status != 412 {
