@@ -56,8 +56,11 @@ type NewAPIKey struct {
 	Role   string // "admin" or "member"
 }
 
-// CreateAPIKey stores a key's hash for a team.
+// CreateAPIKey stores a key's hash for a team. An empty Role is "member".
 func (d *DB) CreateAPIKey(ctx context.Context, k NewAPIKey) (APIKey, error) {
+	if k.Role == "" {
+		k.Role = "member"
+	}
 	row, err := d.q.CreateAPIKey(ctx, d.pool, dbq.CreateAPIKeyParams(k))
 	if err != nil {
 		return APIKey{}, interpret(err, fmt.Sprintf("API key %q", k.Name))
