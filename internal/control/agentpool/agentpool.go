@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"sync"
 
+	"connectrpc.com/connect"
+
 	"wrenn.dev/wrenn/internal/agent/agentapi"
 	"wrenn.dev/wrenn/internal/gen/hostagent/v1/hostagentv1connect"
 )
@@ -31,7 +33,10 @@ func (p *Pool) Client(address string) hostagentv1connect.HostAgentClient {
 	defer p.mu.Unlock()
 	c, ok := p.clients[address]
 	if !ok {
-		c = agentapi.NewClient(p.hc, address, p.secret)
+		// Sandbox output is mostly terminal text or already-compressed
+		// files; gzip on a data-centre link costs more CPU than it saves
+		// (it halved terminal throughput), so responses are not compressed.
+		c = agentapi.NewClient(p.hc, address, p.secret, connect.WithAcceptCompression("gzip", nil, nil))
 		p.clients[address] = c
 	}
 	return c
