@@ -18,11 +18,31 @@ import (
 // that the reason (unknown, revoked, expired, malformed) is not revealed.
 var errBadCredential = errdefs.Unauthenticated("invalid or expired credential")
 
+// keyCacheTTL is how long a verified API key is trusted without asking
+// the database again. Revoking a key drops it from this process's cache at
+// once; other control-plane replicas stop accepting it within the TTL.
+const keyCacheTTL = 5 * time.Second
+
+// maxKeyCache bounds the cache; when full it is emptied.
+const maxKeyCache = 10000
+
+type cachedKey struct {
+	p       Principal
+	expires time.Time
+}
+
 // AuthenticateAPIKey returns the principal of an API key.
 func (s *Service) AuthenticateAPIKey(ctx context.Context, key string) (Principal, error) {
 	hash, err := auth.HashAPIKey(key)
 	if err != nil {
 		return Principal{}, errBadCredential
+	}
+	now := s.cfg.Now()
+	s.keysMu.Lock()
+	c, ok := s.keys[string(hash)]
+	s.keysMu.Unlock()
+	if ok && now.Before(c.expires) {
+		return c.p, nil
 	}
 	k, err := s.store.LookupAPIKeyByHash(ctx, hash)
 	switch {
@@ -36,7 +56,25 @@ func (s *Service) AuthenticateAPIKey(ctx context.Context, key string) (Principal
 	if !auth.EqualHash(k.Hash, hash) {
 		return Principal{}, errBadCredential
 	}
-	return Principal{TeamID: k.TeamID, KeyID: k.ID, Role: k.Role}, nil
+	p := Principal{TeamID: k.TeamID, KeyID: k.ID, Role: k.Role}
+	s.keysMu.Lock()
+	if s.keys == nil || len(s.keys) >= maxKeyCache {
+		s.keys = map[string]cachedKey{}
+	}
+	s.keys[string(hash)] = cachedKey{p: p, expires: now.Add(keyCacheTTL)}
+	s.keysMu.Unlock()
+	return p, nil
+}
+
+// forgetKey drops key id from the cache.
+func (s *Service) forgetKey(id string) {
+	s.keysMu.Lock()
+	defer s.keysMu.Unlock()
+	for h, c := range s.keys {
+		if c.p.KeyID == id {
+			delete(s.keys, h)
+		}
+	}
 }
 
 // AuthenticateSession returns the principal of a session token.
@@ -175,7 +213,11 @@ func (s *Service) RevokeAPIKey(ctx context.Context, p Principal, id string) erro
 	if err := validUUID("API key id", id); err != nil {
 		return err
 	}
-	return s.store.RevokeAPIKey(ctx, p.TeamID, id)
+	if err := s.store.RevokeAPIKey(ctx, p.TeamID, id); err != nil {
+		return err
+	}
+	s.forgetKey(id)
+	return nil
 }
 
 // validUUID refuses ids that cannot be database UUIDs with a NotFound,

@@ -151,6 +151,10 @@ type Service struct {
 	imagesMu sync.Mutex
 	images   map[string][]string
 
+	// keys caches verified API keys by hash, for keyCacheTTL.
+	keysMu sync.Mutex
+	keys   map[string]cachedKey
+
 	// dummyHash is a bcrypt hash Login compares against for unknown
 	// emails, so that they take as long as wrong passwords.
 	dummyHash string
