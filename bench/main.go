@@ -97,6 +97,16 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("vm: %w", err)
 		}
 	}
+	if want("uffd_") {
+		if err := benchUFFD(ctx); err != nil {
+			return fmt.Errorf("uffd: %w", err)
+		}
+	}
+	if want("api_") || want("control_") || want("pty_ws") {
+		if err := benchControl(ctx, o.envdBin, o.ptyBytes, want); err != nil {
+			return fmt.Errorf("control plane: %w", err)
+		}
+	}
 	return nil
 }
 
