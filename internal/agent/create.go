@@ -143,12 +143,21 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*sandbox.Sandb
 	if err := m.ready(); err != nil {
 		return nil, err
 	}
-	req, err := m.normalize(req)
+	var err error
+	st := m.snapshotTemplate(req.Template)
+	if st != nil {
+		if req, err = fitTemplate(req, st); err != nil {
+			return nil, err
+		}
+	}
+	req, err = m.normalize(req)
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := m.lookupTemplate(ctx, req.Template)
-	if err != nil {
+	var tmpl *Template
+	if st != nil {
+		tmpl = &Template{Name: st.ID, Shell: st.Shell}
+	} else if tmpl, err = m.lookupTemplate(ctx, req.Template); err != nil {
 		return nil, err
 	}
 	if req.ID == "" {
@@ -160,7 +169,12 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (*sandbox.Sandb
 	}
 	defer b.unlock()
 	start := time.Now()
-	if err := m.boot(ctx, b, req, tmpl); err != nil {
+	if st != nil {
+		err = m.createFromTemplate(ctx, b, req, st)
+	} else {
+		err = m.boot(ctx, b, req, tmpl)
+	}
+	if err != nil {
 		m.abortCreate(ctx, b, err)
 		return nil, fmt.Errorf("create sandbox %s: %w", req.ID, err)
 	}
@@ -201,6 +215,7 @@ func (m *Manager) reserve(req CreateRequest, tmpl *Template) (*box, error) {
 		Driver:          m.cfg.Driver.Name(),
 	})
 	b.shell = tmpl.Shell
+	b.envVars = req.EnvVars
 	b.op <- struct{}{}
 	// A tombstone of the same id is replaced; its record is overwritten.
 	m.boxes[req.ID] = b
@@ -259,6 +274,7 @@ func (m *Manager) boot(ctx context.Context, b *box, req CreateRequest, tmpl *Tem
 		return err
 	}
 	b.machine, b.pid, b.spec = mach, mach.PID(), &spec
+	b.restore = restoreSpec(spec)
 	if err := m.persist(b); err != nil {
 		return err
 	}

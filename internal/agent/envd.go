@@ -225,6 +225,12 @@ type initRequest struct {
 }
 
 func (c *envdClient) init(ctx context.Context, body initRequest) error {
+	return c.initAs(ctx, body, c.token)
+}
+
+// initAs sends /init authorised by token (the token envd knows now, when
+// the body rotates it).
+func (c *envdClient) initAs(ctx context.Context, body initRequest, token string) error {
 	b, err := json.Marshal(body)
 	if err != nil {
 		return err
@@ -233,6 +239,7 @@ func (c *envdClient) init(ctx context.Context, body initRequest) error {
 	if err != nil {
 		return err
 	}
+	req.Header.Set(headerAccessToken, token)
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := c.do(req, http.StatusNoContent)
 	if err != nil {

@@ -111,10 +111,14 @@ func (m *Manager) timeout(d time.Duration) (time.Duration, error) {
 	return d, nil
 }
 
-// Pause stops a running sandbox's vCPUs (the VM keeps its memory and its
-// host resources) and its metrics sampler. errdefs.ErrNotImplemented when
-// the driver cannot pause. The host agent API does not expose it yet: full
-// pause (snapshot, then free the host) comes with snapshots.
+// Pause pauses a running sandbox. With a driver that snapshots
+// (Capabilities.Snapshot) it is frozen: its VM state, memory and root disk
+// are written to the snapshot store (only what changed since its previous
+// snapshot), then its VM, network slot and files are freed and it no
+// longer counts against the host's budgets. Otherwise its vCPUs are only
+// stopped (the VM keeps its memory and host resources). The metrics
+// sampler stops either way. On error the sandbox runs as before.
+// errdefs.ErrNotImplemented when the driver cannot pause.
 func (m *Manager) Pause(ctx context.Context, id string) error {
 	if err := m.ready(); err != nil {
 		return err
@@ -130,6 +134,7 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 	if b.machine == nil {
 		return errdefs.FailedPrecondition("sandbox %s has no vm", id)
 	}
+	start := time.Now()
 	if _, err := m.apply(b, sandbox.EventPause, ""); err != nil {
 		return err
 	}
@@ -137,13 +142,15 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 	// The sampler goes first: it would otherwise wait on a frozen guest.
 	b.sampler.stop()
 	b.sampler = nil
-	if err := b.machine.Pause(ctx); err != nil {
-		if _, aerr := m.apply(b, sandbox.EventPauseFailed, ""); aerr != nil {
-			return errors.Join(err, aerr)
+	if m.canSnapshot() && b.restore != nil {
+		if err := m.pauseToSnapshot(ctx, b); err != nil {
+			return err
 		}
-		m.persistOrLog(b)
-		m.startSampler(b)
-		return fmt.Errorf("pause sandbox %s: %w", id, err)
+		m.log.Info("sandbox paused to a snapshot", logKeySandbox, id, "snapshot", b.snap, logKeyTook, time.Since(start))
+		return nil
+	}
+	if err := b.machine.Pause(ctx); err != nil {
+		return m.pauseFailed(b, err, false)
 	}
 	if _, err := m.apply(b, sandbox.EventPaused, ""); err != nil {
 		return err
@@ -153,7 +160,10 @@ func (m *Manager) Pause(ctx context.Context, id string) error {
 	return nil
 }
 
-// Resume restarts a paused sandbox's vCPUs and its metrics sampler.
+// Resume runs a paused sandbox again: a frozen one is restored from its
+// snapshot into a new slot (errdefs.ErrResourceExhausted when the host's
+// budgets cannot take it back) and envd gets a fresh /init with a new
+// access token; otherwise its vCPUs restart. Its metrics sampler restarts.
 func (m *Manager) Resume(ctx context.Context, id string) error {
 	if err := m.ready(); err != nil {
 		return err
@@ -166,14 +176,31 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 	if _, err := sandbox.Transition(m.snapshot(b).State, sandbox.EventResume); err != nil {
 		return fmt.Errorf("sandbox %s: %w", id, err)
 	}
-	if b.machine == nil {
+	m.mu.Lock()
+	frozen := b.frozen
+	m.mu.Unlock()
+	if !frozen && b.machine == nil {
 		return errdefs.FailedPrecondition("sandbox %s has no vm", id)
 	}
+	start := time.Now()
+	if frozen {
+		if err := m.takeBudget(b); err != nil {
+			return err
+		}
+	}
 	if _, err := m.apply(b, sandbox.EventResume, ""); err != nil {
+		if frozen {
+			m.setFrozen(b, true)
+		}
 		return err
 	}
 	m.persistOrLog(b)
-	if err := b.machine.Resume(ctx); err != nil {
+	if frozen {
+		if err := m.resumeFromSnapshot(ctx, b); err != nil {
+			return err
+		}
+		m.watch(b)
+	} else if err := b.machine.Resume(ctx); err != nil {
 		if _, aerr := m.apply(b, sandbox.EventResumeFailed, ""); aerr != nil {
 			return errors.Join(err, aerr)
 		}
@@ -185,7 +212,21 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 	}
 	m.persistOrLog(b)
 	m.startSampler(b)
-	m.log.Info("sandbox resumed", logKeySandbox, id)
+	m.log.Info("sandbox resumed", logKeySandbox, id, logKeyTook, time.Since(start))
+	return nil
+}
+
+// takeBudget unfreezes b if the host's budgets can take its vCPUs and
+// memory back (op held); errdefs.ErrResourceExhausted otherwise.
+func (m *Manager) takeBudget(b *box) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	vcpus, mem, _ := m.usedLocked()
+	if vcpus+b.sb.VCPUs > m.cfg.MaxVCPUs || mem+b.sb.MemoryMiB > m.cfg.MaxMemoryMiB {
+		return errdefs.ResourceExhausted("host is full: %d of %d vCPUs and %d of %d MiB are free, resuming sandbox %s needs %d vCPUs and %d MiB",
+			m.cfg.MaxVCPUs-vcpus, m.cfg.MaxVCPUs, m.cfg.MaxMemoryMiB-mem, m.cfg.MaxMemoryMiB, b.id, b.sb.VCPUs, b.sb.MemoryMiB)
+	}
+	b.frozen = false
 	return nil
 }
 

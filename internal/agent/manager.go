@@ -15,6 +15,7 @@ import (
 	"wrenn.dev/wrenn/internal/errdefs"
 	"wrenn.dev/wrenn/internal/hostnet"
 	"wrenn.dev/wrenn/internal/sandbox"
+	"wrenn.dev/wrenn/internal/snapshot"
 	"wrenn.dev/wrenn/internal/version"
 	"wrenn.dev/wrenn/internal/vmm"
 )
@@ -23,6 +24,12 @@ import (
 const (
 	stateDirName     = "state"
 	sandboxesDirName = "sandboxes"
+	// snapshotsDirName holds the snapshot store (package snapshot);
+	// templatesDirName the snapshot templates' records; snapTmpDirName
+	// what a driver writes while a snapshot is taken (removed at Start).
+	snapshotsDirName = "snapshots"
+	templatesDirName = "templates"
+	snapTmpDirName   = "snapshot-tmp"
 	// Inside a sandbox's directory:
 	rootfsName = "rootfs.ext4"
 	vmDirName  = "vm"
@@ -43,6 +50,12 @@ type Manager struct {
 	log          *slog.Logger
 	store        *store
 	sandboxesDir string
+	// snaps is the snapshot store (opened at Start); templates the
+	// snapshot templates.
+	snaps     *snapshot.Store
+	templates *templateStore
+	// tmplMu serialises template creation and deletion.
+	tmplMu sync.Mutex
 
 	// startMu serialises Start and Stop.
 	startMu sync.Mutex
@@ -73,6 +86,10 @@ type box struct {
 	sb    *sandbox.Sandbox
 	envd  *envdClient // set once the VM is booted; closed when it ends
 	shell string      // the template's shell, for terminals; set before b is registered
+	// frozen: the sandbox's state lives in its snapshot (snap) and it has
+	// no VM; it takes nothing of the host's budgets. Set by a pause that
+	// snapshotted, cleared once a resume runs the restored VM.
+	frozen bool
 
 	// Guarded by op:
 	dir     string // the sandbox's directory; "" once removed
@@ -82,6 +99,19 @@ type box struct {
 	machine vmm.Machine
 	pid     int
 	sampler *sampler
+	// snap is the sandbox's own snapshot in the store ("" for none): the
+	// state of a frozen sandbox, or, after a resume, the parent of its
+	// next pause. base is a snapshot it may diff against but does not own
+	// (the template it was restored from). gen numbers its snapshots.
+	snap, base string
+	gen        int
+	// envVars are the create request's, sent again at every /init.
+	envVars map[string]string
+	// restore is the spec (without network) a snapshot of it restores
+	// with: kernel, initrd, arguments, sizes.
+	restore *vmm.Spec
+	// pager serves a lazily restored VM's memory (nil when none).
+	pager *pager
 }
 
 func newBox(sb *sandbox.Sandbox) *box {
@@ -111,6 +141,7 @@ func New(cfg Config) (*Manager, error) {
 		log:          cfg.Logger.With(logKeyHost, cfg.HostID),
 		store:        &store{dir: filepath.Join(cfg.DataDir, stateDirName)},
 		sandboxesDir: filepath.Join(cfg.DataDir, sandboxesDirName),
+		templates:    &templateStore{dir: filepath.Join(cfg.DataDir, templatesDirName)},
 		boxes:        map[string]*box{},
 		changed:      make(chan struct{}),
 	}, nil
@@ -132,10 +163,13 @@ func (m *Manager) Start(ctx context.Context) error {
 	case phaseStopped:
 		return errdefs.FailedPrecondition("sandbox manager was stopped; make a new one")
 	}
-	for _, d := range []string{m.store.dir, m.sandboxesDir} {
+	for _, d := range []string{m.store.dir, m.sandboxesDir, m.templates.dir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("start sandbox manager: %w", err)
 		}
+	}
+	if err := m.openSnapshots(); err != nil {
+		return fmt.Errorf("start sandbox manager: %w", err)
 	}
 	start := time.Now()
 	m.runCtx, m.cancelRun = context.WithCancel(context.WithoutCancel(ctx))
@@ -376,7 +410,12 @@ func (m *Manager) WaitFor(ctx context.Context, id string, cond func(*sandbox.San
 
 // persist saves b's record (op held).
 func (m *Manager) persist(b *box) error {
-	r := &record{Sandbox: *m.snapshot(b), Dir: b.dir, Spec: b.spec, PID: b.pid, Shell: b.shell}
+	m.mu.Lock()
+	frozen := b.frozen
+	m.mu.Unlock()
+	r := &record{Sandbox: *m.snapshot(b), Dir: b.dir, Spec: b.spec, PID: b.pid, Shell: b.shell,
+		Snapshot: b.snap, BaseSnapshot: b.base, SnapshotGen: b.gen, Frozen: frozen,
+		EnvVars: b.envVars, RestoreSpec: b.restore}
 	r.Sandbox.Metrics = nil
 	switch {
 	case b.slot != nil:
@@ -397,20 +436,36 @@ func (m *Manager) persistOrLog(b *box) {
 
 // leftovers reports whether b still holds resources (op held).
 func (b *box) leftovers() bool {
-	return b.machine != nil || b.slot != nil || b.dir != "" || b.sampler != nil
+	return b.machine != nil || b.slot != nil || b.dir != "" || b.sampler != nil || b.snap != "" || b.pager != nil
 }
 
-// release stops b's sampler and VM and releases its slot, connections and
-// files (op held). Each step that succeeds is forgotten, so calling it
-// again retries only what failed. ctx is used without its cancellation:
-// teardown always runs to the end.
+// release stops b's sampler and VM and releases its slot, connections,
+// files and snapshot (op held). Each step that succeeds is forgotten, so
+// calling it again retries only what failed. ctx is used without its
+// cancellation: teardown always runs to the end.
 func (m *Manager) release(ctx context.Context, b *box) error {
+	err := m.freeVM(ctx, b, m.cfg.StopGrace)
+	if b.snap != "" {
+		if serr := m.snaps.Delete(b.snap); serr != nil && !errors.Is(serr, errdefs.ErrNotFound) {
+			err = errors.Join(err, fmt.Errorf("release sandbox %s: delete snapshot: %w", b.id, serr))
+		} else {
+			b.snap = ""
+			m.setFrozen(b, false)
+		}
+	}
+	return err
+}
+
+// freeVM stops b's sampler and VM (letting it shut down for grace) and
+// releases its page server, slot, connections and directory, but not its
+// snapshot (op held). Like release, it forgets what succeeded.
+func (m *Manager) freeVM(ctx context.Context, b *box, grace time.Duration) error {
 	ctx = context.WithoutCancel(ctx)
 	var errs []error
 	b.sampler.stop()
 	b.sampler = nil
 	if b.machine != nil {
-		sctx, cancel := context.WithTimeout(ctx, m.cfg.StopGrace)
+		sctx, cancel := context.WithTimeout(ctx, grace)
 		err := b.machine.Shutdown(sctx)
 		cancel()
 		if err != nil {
@@ -418,6 +473,10 @@ func (m *Manager) release(ctx context.Context, b *box) error {
 		} else {
 			b.machine, b.pid, b.spec = nil, 0, nil
 		}
+	}
+	if b.machine == nil && b.pager != nil {
+		b.pager.close()
+		b.pager = nil
 	}
 	if b.slot != nil {
 		if err := m.cfg.Network.Release(ctx, b.slot); err != nil {
@@ -440,6 +499,13 @@ func (m *Manager) release(ctx context.Context, b *box) error {
 		return fmt.Errorf("release sandbox %s: %w", b.id, err)
 	}
 	return nil
+}
+
+// setFrozen sets b.frozen under the manager lock.
+func (m *Manager) setFrozen(b *box, frozen bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b.frozen = frozen
 }
 
 // HostInfo is the host's identity, driver and capacity.
@@ -474,7 +540,7 @@ func (m *Manager) HostInfo(ctx context.Context) HostInfo {
 		VCPUsTotal:     m.cfg.MaxVCPUs,
 		MemoryMiBTotal: m.cfg.MaxMemoryMiB,
 		SlotsFree:      -1,
-		Templates:      m.cfg.Images.Names(),
+		Templates:      append(m.cfg.Images.Names(), m.templateIDs()...),
 	}
 	if sc, ok := m.cfg.Network.(SlotCounter); ok {
 		info.SlotsFree = sc.FreeSlots()
@@ -485,13 +551,17 @@ func (m *Manager) HostInfo(ctx context.Context) HostInfo {
 	return info
 }
 
-// usedLocked sums what live sandboxes take of the budgets.
+// usedLocked sums what live sandboxes take of the budgets; a frozen
+// (snapshotted) sandbox counts as a sandbox but takes no vCPUs or memory.
 func (m *Manager) usedLocked() (vcpus, memMiB, n int) {
 	for _, b := range m.boxes {
 		if b.sb.State.Live() {
+			n++
+			if b.frozen {
+				continue
+			}
 			vcpus += b.sb.VCPUs
 			memMiB += b.sb.MemoryMiB
-			n++
 		}
 	}
 	return vcpus, memMiB, n

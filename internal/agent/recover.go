@@ -49,6 +49,7 @@ func (m *Manager) recover(ctx context.Context) []*box {
 		}
 	}
 	m.removeOrphanDirs(owned)
+	m.collectSnapshots(recs)
 	// A failure here leaves some leftovers for the next start; the
 	// sandboxes recovered so far are fine, so it does not fail Start.
 	n, err := m.cfg.Network.ReclaimLeftovers(ctx)
@@ -79,6 +80,7 @@ func (m *Manager) recoverOne(ctx context.Context, r *record) *box {
 	sb := r.Sandbox
 	b := newBox(&sb)
 	b.dir, b.spec, b.pid, b.shell, b.slotIdx = r.Dir, r.Spec, r.PID, r.Shell, r.Slot
+	b.snap, b.base, b.gen, b.envVars, b.restore, b.frozen = r.Snapshot, r.BaseSnapshot, r.SnapshotGen, r.EnvVars, r.RestoreSpec, r.Frozen
 	log := m.log.With(logKeySandbox, b.id, logKeyState, sb.State)
 	state := sb.State
 	if state.Terminal() || state == sandbox.StateUnknown {
@@ -90,6 +92,9 @@ func (m *Manager) recoverOne(ctx context.Context, r *record) *box {
 		return b
 	}
 
+	if r.Frozen && (state == sandbox.StatePausing || state == sandbox.StatePaused || state == sandbox.StateResuming) {
+		return m.recoverFrozen(ctx, b, r, log)
+	}
 	err := m.reattach(ctx, b, r)
 	switch state {
 	case sandbox.StateStarting:
@@ -158,6 +163,41 @@ func (m *Manager) reattach(ctx context.Context, b *box, r *record) error {
 	return nil
 }
 
+// recoverFrozen keeps a sandbox whose state is in its snapshot paused: a
+// VM left by a pause or resume the restart interrupted is stopped, its
+// slot (not adopted, so reclaimed) and files are dropped. Dead when its
+// snapshot is gone.
+func (m *Manager) recoverFrozen(ctx context.Context, b *box, r *record, log *slog.Logger) *box {
+	if r.PID != 0 && r.Spec != nil && r.Sandbox.Driver == m.cfg.Driver.Name() {
+		if mach, err := m.cfg.Driver.Reattach(ctx, *r.Spec, r.PID); err == nil {
+			b.machine = mach
+		}
+	}
+	b.slotIdx = 0
+	if err := m.freeVM(ctx, b, 0); err != nil {
+		log.Error("cannot free what an interrupted pause or resume left", logKeyErr, err)
+	}
+	b.sb.HostIP, b.sb.EnvdURL = "", ""
+	if _, err := m.snaps.Stat(b.snap); err != nil {
+		log.Error("paused sandbox's snapshot is unusable", "snapshot", b.snap, logKeyErr, err)
+		m.markDead(b, "snapshot of the paused sandbox is unusable: "+err.Error())
+		if rerr := m.release(ctx, b); rerr != nil {
+			log.Error("cannot release sandbox", logKeyErr, rerr)
+		}
+		m.persistOrLog(b)
+		return b
+	}
+	switch b.sb.State {
+	case sandbox.StatePausing:
+		_ = b.sb.Apply(sandbox.EventPaused, m.cfg.Clock(), "")
+	case sandbox.StateResuming:
+		_ = b.sb.Apply(sandbox.EventResumeFailed, m.cfg.Clock(), "")
+	}
+	m.persistOrLog(b)
+	log.Info("paused sandbox kept", "snapshot", b.snap)
+	return b
+}
+
 // settle finishes a pause or resume the restart interrupted, by resuming.
 func (m *Manager) settle(ctx context.Context, b *box) error {
 	var e sandbox.Event
@@ -185,7 +225,7 @@ func (m *Manager) markDead(b *box, reason string) {
 // cleanupLeftovers removes what a tombstone's record still names. Its slot
 // is not adopted, so ReclaimLeftovers removes it.
 func (m *Manager) cleanupLeftovers(ctx context.Context, b *box, log *slog.Logger) {
-	if b.dir == "" && b.pid == 0 && b.slotIdx == 0 {
+	if b.dir == "" && b.pid == 0 && b.slotIdx == 0 && b.snap == "" {
 		return
 	}
 	if b.pid != 0 && b.spec != nil && b.sb.Driver == m.cfg.Driver.Name() {

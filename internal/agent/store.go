@@ -32,10 +32,26 @@ type record struct {
 	PID  int       `json:"pid,omitempty"`
 	// Shell is the template's shell, for terminals.
 	Shell string `json:"shell,omitempty"`
+	// Snapshot is the sandbox's own snapshot in the snapshot store;
+	// BaseSnapshot one it diffs against without owning it (its
+	// template's); SnapshotGen numbers its snapshots.
+	Snapshot     string `json:"snapshot,omitempty"`
+	BaseSnapshot string `json:"base_snapshot,omitempty"`
+	SnapshotGen  int    `json:"snapshot_gen,omitempty"`
+	// Frozen: the sandbox's state is in Snapshot and it has (or should
+	// have) no VM. A restart finds it Paused.
+	Frozen bool `json:"frozen,omitempty"`
+	// EnvVars are the create request's, sent again at every /init.
+	EnvVars map[string]string `json:"env_vars,omitempty"`
+	// RestoreSpec is the VM spec (without network) a snapshot restores
+	// with.
+	RestoreSpec *vmm.Spec `json:"restore_spec,omitempty"`
 }
 
 // leftovers reports whether the record still names resources.
-func (r *record) leftovers() bool { return r.Dir != "" || r.Slot != 0 || r.PID != 0 }
+func (r *record) leftovers() bool {
+	return r.Dir != "" || r.Slot != 0 || r.PID != 0 || r.Snapshot != ""
+}
 
 // store keeps one JSON file per sandbox in dir, each replaced atomically
 // (written to a temporary file, synced, renamed, directory synced).
@@ -151,3 +167,46 @@ func readRecord(path string) (*record, error) {
 	}
 	return &r, nil
 }
+
+// writeJSONAtomic writes v as JSON to path (in dir) through a synced
+// temporary file and a rename, then syncs dir.
+func writeJSONAtomic(dir, path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, tempPrefix)
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return syncDirPath(dir)
+}
+
+// readJSON decodes the JSON file at path into v.
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+func syncDirPath(dir string) error { return (&store{dir: dir}).syncDir() }

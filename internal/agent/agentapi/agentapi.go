@@ -560,12 +560,31 @@ func metricsToProto(m *sandbox.Metrics) *pb.Metrics {
 	}
 }
 
-// CreateSnapshot makes a snapshot template of a sandbox.
+// CreateSnapshot makes a snapshot template of a running or paused
+// sandbox.
 func (s *service) CreateSnapshot(ctx context.Context, req *connect.Request[pb.CreateSnapshotRequest]) (*connect.Response[pb.CreateSnapshotResponse], error) {
-	return nil, s.fail(ctx, req.Spec().Procedure, errdefs.NotImplemented("snapshot templates are not implemented by this agent yet"))
+	if err := requireID(req.Msg.GetSandboxId()); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	t, err := s.m.CreateSnapshot(ctx, req.Msg.GetSandboxId(), req.Msg.GetTemplateId())
+	if err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(&pb.CreateSnapshotResponse{Template: &pb.SnapshotTemplate{
+		Id:              t.ID,
+		SourceSandboxId: t.Source,
+		Vcpus:           uint32(max(t.VCPUs, 0)),
+		MemoryMib:       uint32(max(t.MemoryMiB, 0)),
+		Driver:          t.Driver,
+		StoredBytes:     uint64(max(t.StoredBytes, 0)),
+		CreatedAt:       timestamp(t.Created),
+	}}), nil
 }
 
 // DeleteSnapshot removes a snapshot template.
 func (s *service) DeleteSnapshot(ctx context.Context, req *connect.Request[pb.DeleteSnapshotRequest]) (*connect.Response[pb.DeleteSnapshotResponse], error) {
-	return nil, s.fail(ctx, req.Spec().Procedure, errdefs.NotImplemented("snapshot templates are not implemented by this agent yet"))
+	if err := s.m.DeleteSnapshot(ctx, req.Msg.GetTemplateId()); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
+	}
+	return connect.NewResponse(&pb.DeleteSnapshotResponse{}), nil
 }

@@ -17,7 +17,8 @@
 //     Boot starts it (in its own session, outliving the agent, as VMs do),
 //     Pause and Resume are SIGSTOP and SIGCONT, Shutdown is SIGTERM then
 //     SIGKILL, Reattach adopts a running envd through a pidfd. Snapshots
-//     are not supported.
+//     are fake and off by default (Driver.Snapshots): a restore starts a
+//     fresh envd, so only the agent's bookkeeping can be tested with them.
 //   - Images is an ImageSource of two templates whose kernel is a dummy
 //     file and whose root disk is a sparse file (cloned, never booted).
 package agenttest

@@ -35,6 +35,20 @@ type Driver struct {
 	// ExtraArgs are added to envd's command line (e.g. a bad flag, for a VM
 	// that exits at once).
 	ExtraArgs []string
+	// Snapshots turns on FAKE snapshots (Capabilities.Snapshot), for tests
+	// of the agent's bookkeeping: Machine.Snapshot writes a small state
+	// file naming the VM (and, with SeparateMemory, a sparse memory file),
+	// and Restore starts a fresh envd, like Boot. Nothing of the "guest"
+	// survives: processes and envd's own state are new after a restore.
+	// Only the root disk, which the agent stores and materializes itself,
+	// is really carried over.
+	Snapshots bool
+	// SeparateMemory: fake snapshots write a memory file besides the state.
+	SeparateMemory bool
+	// BeforeSnapshot and BeforeRestore, when set, run at the start of
+	// Machine.Snapshot and Restore; an error fails them there.
+	BeforeSnapshot func(id string) error
+	BeforeRestore  func(spec vmm.Spec, snap vmm.Snapshot) error
 
 	mu       sync.Mutex
 	machines []*Machine
@@ -47,7 +61,7 @@ func (d *Driver) Name() string { return DriverName }
 
 // Capabilities: pause and resume (SIGSTOP/SIGCONT) and reattach.
 func (d *Driver) Capabilities() vmm.Capabilities {
-	return vmm.Capabilities{Driver: DriverName, Accelerator: "none", PauseResume: true, Reattach: true}
+	return vmm.Capabilities{Driver: DriverName, Accelerator: "none", PauseResume: true, Reattach: true, Snapshot: d.Snapshots}
 }
 
 func (d *Driver) guestPort(spec vmm.Spec) (int, error) {
@@ -72,6 +86,10 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 			return nil, err
 		}
 	}
+	return d.start(ctx, spec)
+}
+
+func (d *Driver) start(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -92,7 +110,7 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("boot %s: %w", spec.ID, err)
 	}
-	m := d.track(newMachine(spec, cmd.Process.Pid, cmd.Wait))
+	m := d.track(newMachine(d, spec, cmd.Process.Pid, cmd.Wait))
 	if err := os.WriteFile(filepath.Join(spec.Dir, "envd.pid"), []byte(strconv.Itoa(m.pid)), 0o644); err != nil {
 		m.Kill()
 		<-m.done
@@ -101,9 +119,40 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.Machine, error) {
 	return m, nil
 }
 
-// Restore is not supported.
+// FakeStateHeader starts every fake snapshot's state file.
+const FakeStateHeader = "wrenn fake vm state\n"
+
+// Restore (with Snapshots set) checks the FAKE snapshot's files and sizes
+// and starts a fresh envd for spec's slot: see Snapshots.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) (vmm.Machine, error) {
-	return nil, vmm.ErrNotSupported
+	if !d.Snapshots {
+		return nil, vmm.ErrNotSupported
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if snap.Driver != DriverName || spec.VCPUs != snap.VCPUs || spec.MemoryMiB != snap.MemoryMiB {
+		return nil, errdefs.InvalidArgument("fake restore: snapshot %s/%d vCPUs/%d MiB does not fit spec %d vCPUs/%d MiB",
+			snap.Driver, snap.VCPUs, snap.MemoryMiB, spec.VCPUs, spec.MemoryMiB)
+	}
+	if d.BeforeRestore != nil {
+		if err := d.BeforeRestore(spec, snap); err != nil {
+			return nil, err
+		}
+	}
+	b, err := os.ReadFile(snap.State)
+	if err != nil || !strings.HasPrefix(string(b), FakeStateHeader) {
+		return nil, fmt.Errorf("fake restore: state %s is not a fake snapshot (%v)", snap.State, err)
+	}
+	if d.SeparateMemory {
+		if fi, err := os.Stat(snap.Memory); err != nil || fi.Size() != int64(snap.MemoryMiB)<<20 {
+			return nil, fmt.Errorf("fake restore: memory %q is missing or not %d MiB (%v)", snap.Memory, snap.MemoryMiB, err)
+		}
+	}
+	if _, err := os.Stat(spec.RootFS); err != nil {
+		return nil, fmt.Errorf("fake restore: %w", err)
+	}
+	return d.start(ctx, spec)
 }
 
 // Reattach adopts the envd of spec's slot left by an earlier agent:
@@ -138,7 +187,7 @@ func (d *Driver) Reattach(ctx context.Context, spec vmm.Spec, pid int) (vmm.Mach
 		_ = rc.Read(func(fd uintptr) bool { return pollExited(int(fd)) })
 		return errors.New("exited (status unknown: not a child of this agent)")
 	}
-	return d.track(newMachine(spec, pid, wait)), nil
+	return d.track(newMachine(d, spec, pid, wait)), nil
 }
 
 func exited(pidfd *os.File) bool {
@@ -199,6 +248,7 @@ func (d *Driver) Running() []int {
 
 // Machine is a running envd standing in for a VM.
 type Machine struct {
+	d    *Driver
 	spec vmm.Spec
 	pid  int
 	done chan struct{}
@@ -210,8 +260,8 @@ type Machine struct {
 
 var _ vmm.Machine = (*Machine)(nil)
 
-func newMachine(spec vmm.Spec, pid int, wait func() error) *Machine {
-	m := &Machine{spec: spec, pid: pid, done: make(chan struct{})}
+func newMachine(d *Driver, spec vmm.Spec, pid int, wait func() error) *Machine {
+	m := &Machine{d: d, spec: spec, pid: pid, done: make(chan struct{})}
 	go func() {
 		err := wait()
 		m.mu.Lock()
@@ -268,9 +318,50 @@ func (m *Machine) Pause(ctx context.Context) error { return m.signal(syscall.SIG
 // Resume continues envd (SIGCONT).
 func (m *Machine) Resume(ctx context.Context) error { return m.signal(syscall.SIGCONT) }
 
-// Snapshot is not supported.
+// Snapshot (with Driver.Snapshots set) writes a FAKE snapshot into dir: a
+// state file naming the VM and, with SeparateMemory, a sparse memory file
+// of the VM's size with one non-zero page. See Driver.Snapshots.
 func (m *Machine) Snapshot(ctx context.Context, dir string) (*vmm.Snapshot, error) {
-	return nil, vmm.ErrNotSupported
+	if !m.d.Snapshots {
+		return nil, vmm.ErrNotSupported
+	}
+	select {
+	case <-m.done:
+		return nil, vmm.ErrExited
+	default:
+	}
+	if m.d.BeforeSnapshot != nil {
+		if err := m.d.BeforeSnapshot(m.spec.ID); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	snap := &vmm.Snapshot{Driver: DriverName, Dir: dir, State: filepath.Join(dir, "state"),
+		VCPUs: m.spec.VCPUs, MemoryMiB: m.spec.MemoryMiB}
+	state := FakeStateHeader + "id " + m.spec.ID + "\n" + strings.Repeat("fake device state\n", 512)
+	if err := os.WriteFile(snap.State, []byte(state), 0o600); err != nil {
+		return nil, err
+	}
+	if m.d.SeparateMemory {
+		snap.Memory = filepath.Join(dir, "memory")
+		f, err := os.Create(snap.Memory)
+		if err != nil {
+			return nil, err
+		}
+		_, err = f.WriteAt([]byte("fake guest memory of "+m.spec.ID), 1<<20)
+		if err == nil {
+			err = f.Truncate(int64(m.spec.MemoryMiB) << 20)
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return snap, nil
 }
 
 // Shutdown asks envd to stop (SIGTERM: it ends its processes), and kills
