@@ -97,6 +97,11 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("vm: %w", err)
 		}
 	}
+	if want("snapshot_") {
+		if err := benchSnapshot(ctx, o.envdBin); err != nil {
+			return fmt.Errorf("snapshot: %w", err)
+		}
+	}
 	if want("uffd_") {
 		if err := benchUFFD(ctx); err != nil {
 			return fmt.Errorf("uffd: %w", err)
