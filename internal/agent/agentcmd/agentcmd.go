@@ -81,6 +81,11 @@ type Config struct {
 	// without a jailer, VMs run unjailed.
 	FirecrackerBinary string
 	JailerBinary      string
+	// LazyMemory restores Firecracker snapshots lazily: guest memory is
+	// served on demand by the agent's userfaultfd page server instead of
+	// being read in whole. Such VMs depend on this agent process and do
+	// not survive its restart.
+	LazyMemory bool
 
 	// ImageCacheDir is where guest images are built; default
 	// image.DefaultCacheDir().
@@ -134,6 +139,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Accelerator, "accel", "auto", "qemu accelerator: kvm, tcg or auto (KVM only when a probe boot works)")
 	fs.StringVar(&c.FirecrackerBinary, "firecracker", "", "firecracker executable (default: firecracker from PATH)")
 	fs.StringVar(&c.JailerBinary, "jailer", "", "firecracker's jailer executable (default: no jailer)")
+	fs.BoolVar(&c.LazyMemory, "lazy-memory", false, "firecracker: restore snapshots lazily through the agent's userfaultfd page server (such VMs do not survive an agent restart)")
 	fs.StringVar(&c.ImageCacheDir, "image-cache", image.DefaultCacheDir(), "where guest images are built and kept")
 	fs.StringVar(&c.EnvdBinary, "envd", "", "static envd binary to put into images (default: envd next to wrenn, bin/envd, or from PATH)")
 	fs.Func("prebuild", "comma-separated images to build before serving (e.g. minimal,base)", func(s string) error {
@@ -349,7 +355,11 @@ func newDriver(ctx context.Context, cfg Config, images agent.ImageSource) (vmm.D
 		if bin == "" {
 			bin = "firecracker"
 		}
-		return firecracker.New(firecracker.Config{Binary: bin, Jailer: cfg.JailerBinary, Logger: cfg.Logger})
+		fc := firecracker.Config{Binary: bin, Jailer: cfg.JailerBinary, Logger: cfg.Logger}
+		if cfg.LazyMemory {
+			fc.UFFDSocket = agent.UFFDSocketPath
+		}
+		return firecracker.New(fc)
 	default: // qemu
 		qc := qemu.Config{Binary: cfg.QEMUBinary, Accelerator: cfg.Accelerator, Logger: cfg.Logger}
 		if probesKVM(cfg.Accelerator) {
