@@ -46,7 +46,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	err := dispatch(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
-	if err != nil {
+	if err != nil && !errors.Is(err, errHelp) {
 		var xe *cli.ExitError // a command run in a sandbox failed; it said why
 		if errors.As(err, &xe) {
 			os.Exit(xe.Code)
@@ -94,11 +94,16 @@ func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	return fs
 }
 
-// parse parses args, turning flag errors into usage errors.
+// errHelp says -h was given: the usage is printed, nothing is run, and
+// wrenn exits 0.
+var errHelp = errors.New("help requested")
+
+// parse parses args, turning flag errors into usage errors and -h into
+// errHelp, which the command returns as is.
 func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil
+			return errHelp
 		}
 		return usageError{err.Error()}
 	}
