@@ -6,8 +6,11 @@ export PATH := /usr/local/go/bin:$(PATH)
 BIN      := bin
 ENVD     := $(BIN)/envd
 WRENN    := $(BIN)/wrenn
-GO_FILES := $(shell find . -name '*.go' -not -path './tools/*' 2>/dev/null)
+GO_FILES := $(shell find . -name '*.go' -not -path './tools/*' -not -path './web/node_modules/*' 2>/dev/null)
+WEB_SRC  := $(shell find web/src web/scripts web/index.html web/vite.config.ts web/tsconfig.json web/package.json web/package-lock.json -type f 2>/dev/null)
 BUF      := tools/node_modules/.bin/buf
+# Running the platform needs root (VMs, network namespaces, nftables).
+SUDO     := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: help
 help: ## list the targets
@@ -24,9 +27,16 @@ $(ENVD): $(GO_FILES) go.mod go.sum
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o $@ ./cmd/envd
 
-$(WRENN): $(GO_FILES) go.mod go.sum
+# The dashboard and Swagger UI are built into web/dist and embedded in wrenn.
+$(WRENN): $(GO_FILES) go.mod go.sum web/dist/index.html
 	@mkdir -p $(BIN)
 	go build -trimpath -o $@ ./cmd/wrenn
+
+web/dist/index.html: $(WEB_SRC)
+	cd web && npm run --silent build
+
+.PHONY: web
+web: setup web/dist/index.html ## build the dashboard (web/dist, embedded in bin/wrenn)
 
 .PHONY: generate
 generate: setup ## regenerate code from proto/ and SQL queries (committed; must be reproducible)
@@ -42,23 +52,23 @@ verify-generate: setup ## fail when generated code is not what `make generate` p
 
 .PHONY: vet
 vet: ## go vet and gofmt
-	@out=$$(gofmt -l cmd internal bench 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	@out=$$(gofmt -l cmd internal bench api test web/*.go 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 
 .PHONY: test
 test: setup verify-generate vet build ## set up and run every test (what CI runs)
-	WRENN_ENVD_BIN=$(CURDIR)/$(ENVD) go test -race -count=1 -timeout 20m ./...
+	WRENN_ENVD_BIN=$(CURDIR)/$(ENVD) go test -race -count=1 -timeout 25m ./...
 	WRENN_ENVD_BIN=$(CURDIR)/$(ENVD) node --test --test-concurrency=1 test/e2b/
+	WRENN_BIN=$(CURDIR)/$(WRENN) WRENN_ENVD_BIN=$(CURDIR)/$(ENVD) node --test --test-concurrency=1 test/web/
 
 .PHONY: bench
 bench: setup build ## run the benchmarks; prints metric lines with baselines and ratios
 	go run ./bench -envd $(CURDIR)/$(ENVD)
 
 .PHONY: dev
-dev: setup build ## run envd locally in host mode on :49983 (the platform arrives with the agent and control plane)
-	@echo "envd on http://localhost:49983 (host mode: no MMDS, no clock setting); Ctrl-C stops it"
-	$(ENVD) -isnotfc -no-port-forward
+dev: setup build ## run the whole platform here (database, host agent, API, dashboard); prints the URL and an API key
+	$(SUDO) $(WRENN) dev -envd $(CURDIR)/$(ENVD) $(DEV_FLAGS)
 
 .PHONY: clean
 clean: ## remove build outputs
-	rm -rf $(BIN)
+	rm -rf $(BIN) web/dist/assets web/dist/swagger web/dist/index.html

@@ -17,10 +17,12 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # guest images; ip (iproute2) and nsenter (util-linux) are used by network
 # tests; mkfs.xfs (xfsprogs) lets the copy-on-write tests exercise reflinks;
 # postgresql provides the server binaries the control plane's private
-# database (and its tests) run from.
+# database (and its tests) run from; chromium runs the dashboard's browser
+# tests (driven by playwright-core).
 for pair in "node:nodejs" "npm:npm" "git:git" "make:make" "gcc:gcc" "curl:curl" \
 	"qemu-system-x86_64:qemu-system-x86" "busybox:busybox-static" "mkfs.ext4:e2fsprogs" \
-	"debootstrap:debootstrap" "ip:iproute2" "nsenter:util-linux" "mkfs.xfs:xfsprogs"; do
+	"debootstrap:debootstrap" "ip:iproute2" "nsenter:util-linux" "mkfs.xfs:xfsprogs" \
+	"chromium:chromium"; do
 	cmd=${pair%%:*} pkg=${pair#*:}
 	have "$cmd" || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || need_apt+=("$pkg")
 done
@@ -68,6 +70,15 @@ if [ ! -f "$stamp" ] || ! cmp -s tools/package-lock.json "$stamp"; then
 	log "installing node tools (buf, e2b SDK)"
 	(cd tools && npm ci --no-audit --no-fund --loglevel=error)
 	cp tools/package-lock.json "$stamp"
+fi
+
+# The dashboard's build and browser-test tools: installed from
+# web/package-lock.json.
+stamp=web/node_modules/.wrenn-lock
+if [ ! -f "$stamp" ] || ! cmp -s web/package-lock.json "$stamp"; then
+	log "installing the dashboard's node packages (vite, react, xterm.js, playwright-core)"
+	(cd web && npm ci --no-audit --no-fund --loglevel=error)
+	cp web/package-lock.json "$stamp"
 fi
 
 # Go modules, so the first build or test does not stall on downloads.
