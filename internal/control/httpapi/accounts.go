@@ -44,15 +44,7 @@ func (a *api) me(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) listAPIKeys(w http.ResponseWriter, r *http.Request) {
 	keys, err := a.svc.ListAPIKeys(r.Context(), principal(r))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]apiKeyView, len(keys))
-	for i, k := range keys {
-		out[i] = apiKeyJSON(k)
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"api_keys": out})
+	answerList(a, w, r, "api_keys", keys, err, apiKeyJSON)
 }
 
 func (a *api) createAPIKey(w http.ResponseWriter, r *http.Request) {
@@ -85,15 +77,7 @@ func (a *api) revokeAPIKey(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) listUsers(w http.ResponseWriter, r *http.Request) {
 	users, err := a.svc.ListUsers(r.Context(), principal(r))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]userView, len(users))
-	for i, u := range users {
-		out[i] = userJSON(u)
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"users": out})
+	answerList(a, w, r, "users", users, err, userJSON)
 }
 
 func (a *api) createUser(w http.ResponseWriter, r *http.Request) {
@@ -117,15 +101,7 @@ func (a *api) createUser(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) listTeams(w http.ResponseWriter, r *http.Request) {
 	teams, err := a.svc.ListTeams(r.Context(), principal(r))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]teamView, len(teams))
-	for i, t := range teams {
-		out[i] = teamJSON(t)
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"teams": out})
+	answerList(a, w, r, "teams", teams, err, teamJSON)
 }
 
 func (a *api) createTeam(w http.ResponseWriter, r *http.Request) {
@@ -146,15 +122,7 @@ func (a *api) createTeam(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) listHosts(w http.ResponseWriter, r *http.Request) {
 	hosts, err := a.svc.ListHosts(r.Context(), principal(r))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]hostView, len(hosts))
-	for i, h := range hosts {
-		out[i] = hostJSON(h)
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"hosts": out})
+	answerList(a, w, r, "hosts", hosts, err, hostJSON)
 }
 
 func (a *api) registerHost(w http.ResponseWriter, r *http.Request) {
@@ -183,15 +151,7 @@ func (a *api) removeHost(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) listTemplates(w http.ResponseWriter, r *http.Request) {
 	list, err := a.svc.ListTemplates(r.Context(), principal(r))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]templateView, len(list))
-	for i, t := range list {
-		out[i] = templateJSON(t)
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"templates": out})
+	answerList(a, w, r, "templates", list, err, templateJSON)
 }
 
 func (a *api) createSnapshot(w http.ResponseWriter, r *http.Request) {
@@ -213,15 +173,7 @@ func (a *api) createSnapshot(w http.ResponseWriter, r *http.Request) {
 
 func (a *api) listSnapshots(w http.ResponseWriter, r *http.Request) {
 	list, err := a.svc.ListSnapshots(r.Context(), principal(r))
-	if err != nil {
-		a.fail(w, r, err)
-		return
-	}
-	out := make([]templateView, len(list))
-	for i, t := range list {
-		out[i] = templateJSON(t)
-	}
-	httpjson.Write(w, http.StatusOK, map[string]any{"snapshots": out})
+	answerList(a, w, r, "snapshots", list, err, templateJSON)
 }
 
 func (a *api) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
@@ -230,4 +182,17 @@ func (a *api) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// answerList answers a list as {"<field>": [views]}, or err.
+func answerList[T, V any](a *api, w http.ResponseWriter, r *http.Request, field string, items []T, err error, view func(T) V) {
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	out := make([]V, len(items))
+	for i, it := range items {
+		out[i] = view(it)
+	}
+	httpjson.Write(w, http.StatusOK, map[string]any{field: out})
 }
