@@ -7,12 +7,15 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"wrenn.dev/wrenn/internal/agent/agentcmd"
 	"wrenn.dev/wrenn/internal/control/controltest"
 	"wrenn.dev/wrenn/internal/control/reconcile"
 	pb "wrenn.dev/wrenn/internal/gen/hostagent/v1"
@@ -276,5 +279,37 @@ func TestReconciler(t *testing.T) {
 	}
 	if out, _ := execOut(t, p, p.A.MemberKey, paused.ID, "echo alive"); out != "alive\n" {
 		t.Errorf("after resume: %q", out)
+	}
+}
+
+// TestAgentRegistersItself starts an agent with -control-url: it shows up
+// as a ready host and takes a sandbox; a member key is refused.
+func TestAgentRegistersItself(t *testing.T) {
+	p := controltest.New(t, controltest.Options{})
+	refused := startAgent(t, "host-5", 940, func(c *agentcmd.Config) {
+		c.ControlURL, c.ControlKey = p.URL, p.A.MemberKey
+	})
+	a := startAgent(t, "host-4", 930, func(c *agentcmd.Config) {
+		c.ControlURL, c.ControlKey = p.URL, p.A.AdminKey
+	})
+	var hosts struct {
+		Hosts []struct {
+			ID, Address, State string
+		} `json:"hosts"`
+	}
+	waitFor(t, "host-4 registered", time.Minute, func() bool {
+		p.Do(t, "GET", "/v1/hosts", p.A.AdminKey, nil).JSON(t, &hosts)
+		return len(hosts.Hosts) > 0
+	})
+	waitFor(t, "host-5's registration refused", time.Minute, func() bool {
+		b, _ := os.ReadFile(filepath.Join(workDir, "host-5.log"))
+		return strings.Contains(string(b), "refused the registration key")
+	})
+	p.Do(t, "GET", "/v1/hosts", p.A.AdminKey, nil).JSON(t, &hosts)
+	if len(hosts.Hosts) != 1 || hosts.Hosts[0].ID != "host-4" || hosts.Hosts[0].Address != a.url || hosts.Hosts[0].State != "ready" {
+		t.Fatalf("hosts = %+v, want only host-4 at %s (host-5's key was a member's: %s)", hosts.Hosts, a.url, refused.url)
+	}
+	if sb := create(t, p, p.B.MemberKey); sb.HostID != "host-4" {
+		t.Errorf("created on %q", sb.HostID)
 	}
 }

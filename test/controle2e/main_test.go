@@ -83,7 +83,7 @@ type hostAgent struct {
 
 // startAgent starts agent id with its own data directory, port, network
 // prefix and slot range. It is stopped when the test ends.
-func startAgent(t *testing.T, id string, slotFirst int) *hostAgent {
+func startAgent(t *testing.T, id string, slotFirst int, opts ...func(*agentcmd.Config)) *hostAgent {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -96,18 +96,20 @@ func startAgent(t *testing.T, id string, slotFirst int) *hostAgent {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &hostAgent{id: id, cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan net.Addr, 1)
-	go func() {
-		a.done <- agentcmd.Run(ctx, agentcmd.Config{
-			Listener: ln, Secret: controltest.Secret, DataDir: filepath.Join(workDir, id), HostID: id,
-			Driver: "qemu", Accelerator: "auto", ImageCacheDir: cacheDir, EnvdBinary: envdBin,
-			MaxVCPUs: 8, MaxMemoryMiB: 2048,
-			NetPrefix: "wrc" + id[len(id)-1:], SlotFirst: slotFirst, SlotLast: slotFirst + 7,
-			Uplinks:       []string{"wrcnouplink"}, // no egress leaves this host
-			DestroyOnExit: true,
-			Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			Ready:         func(addr net.Addr) { ready <- addr },
-		})
-	}()
+	cfg := agentcmd.Config{
+		Listener: ln, Secret: controltest.Secret, DataDir: filepath.Join(workDir, id), HostID: id,
+		Driver: "qemu", Accelerator: "auto", ImageCacheDir: cacheDir, EnvdBinary: envdBin,
+		MaxVCPUs: 8, MaxMemoryMiB: 2048,
+		NetPrefix: "wrc" + id[len(id)-1:], SlotFirst: slotFirst, SlotLast: slotFirst + 7,
+		Uplinks:       []string{"wrcnouplink"}, // no egress leaves this host
+		DestroyOnExit: true,
+		Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Ready:         func(addr net.Addr) { ready <- addr },
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	go func() { a.done <- agentcmd.Run(ctx, cfg) }()
 	select {
 	case addr := <-ready:
 		a.url = "http://" + addr.String()

@@ -112,6 +112,12 @@ type Config struct {
 	// when Run returns, instead of leaving VMs for the next agent.
 	DestroyOnExit bool
 
+	// ControlURL, when set, is a control plane to register with once the
+	// API serves, using an admin API key (ControlKey, or ControlKeyFile);
+	// AdvertiseURL is the address it should call this agent at (default:
+	// the listener's, when that names a host).
+	ControlURL, ControlKey, ControlKeyFile, AdvertiseURL string
+
 	// Logger receives everything's logs; default slog.Default().
 	Logger *slog.Logger
 
@@ -157,6 +163,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.Uplinks = splitList(s)
 		return nil
 	})
+	fs.StringVar(&c.ControlURL, "control-url", "", "control plane to register this host with (e.g. http://control:8080)")
+	fs.StringVar(&c.ControlKeyFile, "control-key-file", "", "file holding an admin API key of that control plane")
+	fs.StringVar(&c.AdvertiseURL, "advertise-url", "", "the address the control plane calls this agent at (default: the listen address)")
 	fs.BoolVar(&c.DestroyOnExit, "destroy-on-exit", false, "destroy every sandbox when the agent exits (default: leave VMs for the next agent)")
 }
 
@@ -330,6 +339,22 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		logKeyDataDir, cfg.DataDir)
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr())
+	}
+	if cfg.ControlURL != "" {
+		address, err := advertised(cfg, ln.Addr())
+		if err != nil {
+			return err
+		}
+		regDone := make(chan struct{})
+		regCtx, cancelReg := context.WithCancel(ctx)
+		go func() {
+			defer close(regDone)
+			register(regCtx, cfg, address, log)
+		}()
+		defer func() {
+			cancelReg()
+			<-regDone
+		}()
 	}
 	select {
 	case <-ctx.Done():
