@@ -14,6 +14,14 @@
 // zero. Pages the guest gives back (balloon, MADV_DONTNEED) arrive as
 // UFFD_EVENT_REMOVE and read as zeros when touched again.
 //
+// Each fault costs a round trip through the kernel and this server, so a
+// fault is resolved together with the pages that follow it in its region
+// (Config.Readahead): one UFFDIO_COPY (or UFFDIO_ZEROPAGE) of the
+// contiguous run, which stops at the region's end and at the first page
+// of the other kind: data, or zero (zero in the memory, or given back; so
+// file data never lands in a removed range). The kernel fills the run up
+// to the first page already present and wakes the faulting thread.
+//
 // If the server stops, the guest hangs on its next fault: whoever runs a
 // Server must kill the VM when Serve returns an error. Only the peer the
 // Config allows (checked with SO_PEERCRED) may hand over its memory; the
@@ -100,7 +108,18 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Logger receives the server's logs. Default: discarded.
 	Logger *slog.Logger
+	// Readahead is how many pages a fault resolves, the faulting page
+	// and those after it in its region (see the package comment): 1
+	// serves only the faulting page; 0 means DefaultReadahead; at most
+	// MaxReadahead.
+	Readahead int
 }
+
+// DefaultReadahead is Config.Readahead's default: 16 pages, 64 KiB.
+const DefaultReadahead = 16
+
+// MaxReadahead bounds Config.Readahead: 512 pages, 2 MiB.
+const MaxReadahead = 512
 
 // LatencyBuckets is the number of fault-latency histogram buckets.
 const LatencyBuckets = 16
@@ -109,8 +128,12 @@ const LatencyBuckets = 16
 type Stats struct {
 	// Faults counts page-fault events resolved: by copying the page, by
 	// mapping the zero page (ZeroFaults), or by finding the page already
-	// mapped by an earlier event for it (AlreadyMapped).
+	// mapped, by an earlier event for it or by readahead (AlreadyMapped).
 	Faults, ZeroFaults, AlreadyMapped uint64
+	// PagesServed counts the pages made present, faulting pages and the
+	// pages read ahead with them alike; ZeroPages those of them mapped
+	// with the zero page, the rest were copied (BytesCopied).
+	PagesServed, ZeroPages uint64
 	// BytesCopied is what UFFDIO_COPY installed.
 	BytesCopied uint64
 	// Retries counts resolutions the kernel refused with EAGAIN (the
@@ -163,9 +186,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, errdefs.InvalidArgument("uffd server: no memory to serve")
 	case cfg.HandshakeTimeout < 0:
 		return nil, errdefs.InvalidArgument("uffd server: negative handshake timeout")
+	case cfg.Readahead < 0 || cfg.Readahead > MaxReadahead:
+		return nil, errdefs.InvalidArgument("uffd server: readahead of %d pages: want 1 to %d, or 0 for the default", cfg.Readahead, MaxReadahead)
 	}
 	if cfg.HandshakeTimeout == 0 {
 		cfg.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.Readahead == 0 {
+		cfg.Readahead = DefaultReadahead
 	}
 	if cfg.AllowPeer == nil {
 		cfg.AllowPeer = AllowUID(uint32(os.Getuid()))
@@ -249,7 +277,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	err := s.serve(ctx)
 	st := s.Stats()
 	s.log.Info("uffd server stopped", "err", err, "faults", st.Faults, "zero_faults", st.ZeroFaults,
-		"bytes_copied", st.BytesCopied, "removes", st.Removes, "max_fault_time", st.MaxFaultTime)
+		"pages_served", st.PagesServed, "zero_pages", st.ZeroPages, "bytes_copied", st.BytesCopied, "removes", st.Removes, "max_fault_time", st.MaxFaultTime)
 	return err
 }
 
@@ -529,8 +557,8 @@ func (r *region) contains(addr uint64) bool {
 
 func (r *region) page(addr uint64) uint64 { return (addr - r.BaseHostVirtAddr) / r.PageSize }
 
-func (r *region) isRemoved(addr uint64) bool {
-	p := r.page(addr)
+// isRemoved reports whether page p (index in r) was given back.
+func (r *region) isRemoved(p uint64) bool {
 	return r.removed[p/64]&(1<<(p%64)) != 0
 }
 
@@ -560,9 +588,9 @@ func (s *Server) serveFaults(ctx context.Context, fd, pidfd int, maps []Mapping)
 	for i, m := range maps {
 		regions[i] = &region{Mapping: m, removed: make([]uint64, (m.Size/m.PageSize+63)/64)}
 	}
-	// UFFDIO_COPY copies from an address in this process: a page of our
-	// own outside the Go heap.
-	page, err := unix.Mmap(-1, 0, PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	// UFFDIO_COPY copies from an address in this process: a buffer of
+	// our own outside the Go heap, one readahead window long.
+	page, err := unix.Mmap(-1, 0, s.cfg.Readahead*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
 		return fmt.Errorf("uffd server: page buffer: %w", err)
 	}
@@ -619,6 +647,25 @@ func (s *Server) serveFaults(ctx context.Context, fd, pidfd int, maps []Mapping)
 				break
 			}
 		}
+		// Removes first: once a remove event is read, the kernel lets
+		// copies into its range through, and its thread zaps the range
+		// concurrently; a readahead run resolved after the zap would
+		// leave file data in pages that must read as zeros. Marked
+		// first, the range stops every run of this batch and later
+		// ones. (A fault queued before the remove, in its range, gets
+		// zeros: the guest raced itself, either answer is valid.)
+		for _, m := range events {
+			if m.Event != uffdsys.EventRemove {
+				continue
+			}
+			for _, r := range regions {
+				r.markRemoved(m.Start, m.End)
+			}
+			s.mu.Lock()
+			s.stats.Removes++
+			s.stats.RemovedBytes += m.End - m.Start
+			s.mu.Unlock()
+		}
 		for _, m := range events {
 			switch m.Event {
 			case uffdsys.EventPagefault:
@@ -634,13 +681,7 @@ func (s *Server) serveFaults(ctx context.Context, fd, pidfd int, maps []Mapping)
 					retry = append(retry, m)
 				}
 			case uffdsys.EventRemove:
-				for _, r := range regions {
-					r.markRemoved(m.Start, m.End)
-				}
-				s.mu.Lock()
-				s.stats.Removes++
-				s.stats.RemovedBytes += m.End - m.Start
-				s.mu.Unlock()
+				// Applied above.
 			case uffdsys.EventFork:
 				// Not asked for, but the kernel installed an fd for it
 				// in this process: do not leak it.
@@ -653,8 +694,8 @@ func (s *Server) serveFaults(ctx context.Context, fd, pidfd int, maps []Mapping)
 	}
 }
 
-// fault resolves the page fault at addr. again means the kernel asked for
-// a retry (EAGAIN).
+// fault resolves the page fault at addr, with readahead. again means the
+// kernel asked for a retry (EAGAIN).
 func (s *Server) fault(fd int, regions []*region, addr uint64, buf []byte) (again bool, err error) {
 	start := time.Now()
 	var r *region
@@ -669,22 +710,30 @@ func (s *Server) fault(fd int, regions []*region, addr uint64, buf []byte) (agai
 	}
 	ps := r.PageSize
 	dst := addr &^ (ps - 1)
-	off := int64(r.Offset + (dst - r.BaseHostVirtAddr))
-	zero := r.isRemoved(dst) || (s.zero != nil && s.zero.IsZero(off, int64(ps)))
-	var n int64
-	if zero {
-		n, err = uffdsys.Zeropage(fd, dst, ps, 0)
-	} else {
-		if got, rerr := s.cfg.Memory.ReadAt(buf[:ps], off); got < int(ps) {
-			return false, fmt.Errorf("uffd server: read memory at %d for the page at %#x: %w", off, dst, cmpOr(rerr, io.ErrUnexpectedEOF))
-		}
-		n, err = uffdsys.Copy(fd, dst, uint64(uintptr(unsafe.Pointer(&buf[0]))), ps, 0)
+	pages, zero := s.window(r, dst)
+	n, err := s.resolve(fd, r, dst, pages, zero, buf)
+	if err != nil && n == 0 && pages > 1 && !errors.Is(err, errRead) &&
+		!errors.Is(err, unix.EEXIST) && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.ESRCH) {
+		// The kernel fills a run only inside one mapping (ENOENT when
+		// the run crosses into another, as after an mprotect split
+		// the region): the faulting page alone must still be served.
+		pages = 1
+		n, err = s.resolve(fd, r, dst, pages, zero, buf)
 	}
 	switch {
+	case errors.Is(err, errRead):
+		return false, err
+	case n > 0:
+		// The faulting page (the run's first) at least is mapped and
+		// its waiters woken; a run cut short by a page already present
+		// reports what it filled along with EAGAIN (or EEXIST): the
+		// rest is left to later faults.
+		err = nil
 	case err == nil:
+		return false, fmt.Errorf("uffd server: resolving [%#x,+%d pages) mapped nothing and reported no error", dst, pages)
 	case errors.Is(err, unix.EEXIST):
-		// Another event for this page got there first; make sure
-		// nobody still waits on it.
+		// Another event for this page, or readahead, got there first;
+		// make sure nobody still waits on it.
 		if werr := uffdsys.Wake(fd, dst, ps); werr != nil && !errors.Is(werr, unix.ESRCH) {
 			return false, fmt.Errorf("uffd server: %w", werr)
 		}
@@ -712,17 +761,62 @@ func (s *Server) fault(fd int, regions []*region, addr uint64, buf []byte) (agai
 	st := &s.stats
 	st.Faults++
 	switch {
-	case err != nil:
+	case n == 0:
 		st.AlreadyMapped++
 	case zero:
 		st.ZeroFaults++
+		st.ZeroPages += uint64(n) / ps
 	default:
 		st.BytesCopied += uint64(n)
 	}
+	st.PagesServed += uint64(n) / ps
 	st.FaultTime += d
 	st.MaxFaultTime = max(st.MaxFaultTime, d)
 	st.FaultLatency[min(bits.Len64(uint64(d/time.Microsecond)), LatencyBuckets-1)]++
 	return false, nil
+}
+
+// window returns the run of pages to resolve for a fault on the page at
+// dst in r: dst's page and up to Readahead-1 following ones, all zero
+// (given back, or zero in the memory) or all data. A data run never
+// includes a page given back. The region lies inside the memory
+// (checkMappings), so the run does too.
+func (s *Server) window(r *region, dst uint64) (pages uint64, zero bool) {
+	ps := r.PageSize
+	first := r.page(dst)
+	limit := min(uint64(s.cfg.Readahead), r.Size/ps-first)
+	off := int64(r.Offset + first*ps)
+	isZero := func(i uint64) bool {
+		return r.isRemoved(first+i) || (s.zero != nil && s.zero.IsZero(off+int64(i*ps), int64(ps)))
+	}
+	zero = isZero(0)
+	pages = 1
+	for pages < limit && isZero(pages) == zero {
+		pages++
+	}
+	return pages, zero
+}
+
+// errRead marks a failure to read the memory.
+var errRead = errors.New("read memory")
+
+// resolve installs the run of pages at dst: the zero page, or the
+// memory's bytes copied through buf. It returns the bytes installed,
+// which may be fewer than the run, with an error.
+func (s *Server) resolve(fd int, r *region, dst, pages uint64, zero bool, buf []byte) (int64, error) {
+	ps := r.PageSize
+	if zero {
+		return uffdsys.Zeropage(fd, dst, pages*ps, 0)
+	}
+	off := int64(r.Offset + (dst - r.BaseHostVirtAddr))
+	got, rerr := s.cfg.Memory.ReadAt(buf[:pages*ps], off)
+	if got < int(pages*ps) {
+		if got < int(ps) {
+			return 0, fmt.Errorf("uffd server: %w at %d for the page at %#x: %w", errRead, off, dst, cmpOr(rerr, io.ErrUnexpectedEOF))
+		}
+		pages = uint64(got) / ps // serve what was read; later faults report the rest
+	}
+	return uffdsys.Copy(fd, dst, uint64(uintptr(unsafe.Pointer(&buf[0]))), pages*ps, 0)
 }
 
 func cmpOr(err, fallback error) error {

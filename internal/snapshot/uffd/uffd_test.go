@@ -2,6 +2,7 @@ package uffd_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -160,6 +161,106 @@ func socketGone(t *testing.T, path string) {
 	}
 }
 
+// faultSim replays a page server with readahead against one thread
+// touching the child's memory: which touches fault, and which pages each
+// fault maps.
+type faultSim struct {
+	readahead int
+	zero      map[int]bool // zero pages (memory-file page index) the server knows of; nil for none
+	mapped    [][]bool
+	removed   [][]bool
+	// faults counts the faults that mapped something, pages the pages
+	// mapped.
+	faults, pages int
+}
+
+func newFaultSim(readahead int, zero map[int]bool) *faultSim {
+	s := &faultSim{readahead: readahead, zero: zero}
+	for _, size := range regions {
+		s.mapped = append(s.mapped, make([]bool, size/page))
+		s.removed = append(s.removed, make([]bool, size/page))
+	}
+	return s
+}
+
+// isZero: the server serves region r's page p with the zero page.
+func (s *faultSim) isZero(r, p int) bool {
+	file := p
+	for _, size := range regions[:r] {
+		file += int(size / page)
+	}
+	return s.removed[r][p] || s.zero[file]
+}
+
+// touch reads region r's pages in order (or backwards).
+func (s *faultSim) touch(r, from, to int, reverse bool) {
+	for k := from; k < to; k++ {
+		p := k
+		if reverse {
+			p = to - 1 - (k - from)
+		}
+		if s.mapped[r][p] {
+			continue
+		}
+		s.faults++
+		// The server's window: same kind, inside the region...
+		n := 1
+		for n < s.readahead && p+n < len(s.mapped[r]) && s.isZero(r, p+n) == s.isZero(r, p) {
+			n++
+		}
+		// ...which the kernel fills up to the first present page.
+		for i := 0; i < n && !s.mapped[r][p+i]; i++ {
+			s.mapped[r][p+i] = true
+			s.pages++
+		}
+	}
+}
+
+func (s *faultSim) touchAll(reverse bool) {
+	for r, size := range regions {
+		s.touch(r, 0, int(size/page), reverse)
+	}
+}
+
+func (s *faultSim) remove(r, from, to int) {
+	for p := from; p < to; p++ {
+		s.mapped[r][p], s.removed[r][p] = false, true
+	}
+}
+
+// checkPages checks that every page the child read is the memory file's
+// page, except the pages of skip (region 1), which must be zeros.
+func checkPages(t *testing.T, mem []byte, res *uffdtest.Result, skipFrom, skipTo int) {
+	t.Helper()
+	zeroSum := sha256.Sum256(make([]byte, page))
+	off := 0
+	for r, size := range regions {
+		for p := 0; p < int(size)/page; p++ {
+			want := sha256.Sum256(mem[off : off+page])
+			what := "the memory file's bytes"
+			if r == 1 && p >= skipFrom && p < skipTo {
+				want, what = zeroSum, "zeros (given back)"
+			}
+			if got := res.PageSums[r][p*32 : (p+1)*32]; !bytes.Equal(got, want[:]) {
+				t.Fatalf("region %d page %d (file offset %d): child read other bytes than %s", r, p, off, what)
+			}
+			off += page
+		}
+	}
+}
+
+// checkLatency checks the latency stats add up.
+func checkLatency(t *testing.T, st uffd.Stats) {
+	t.Helper()
+	var hist uint64
+	for _, n := range st.FaultLatency {
+		hist += n
+	}
+	if hist != st.Faults || st.MaxFaultTime <= 0 || st.FaultTime < st.MaxFaultTime {
+		t.Errorf("Stats latency: histogram sums to %d of %d faults, max %v, total %v", hist, st.Faults, st.MaxFaultTime, st.FaultTime)
+	}
+}
+
 func TestServesEveryPage(t *testing.T) {
 	requireUserfaultfd(t)
 	mem, zero := memoryFile(1)
@@ -167,16 +268,23 @@ func TestServesEveryPage(t *testing.T) {
 		name      string
 		memory    uffd.Memory
 		legacy    bool
-		zeroPages int // pages expected to be served with UFFDIO_ZEROPAGE
+		readahead int  // Config.Readahead; 0: the default
+		reverse   bool // the child touches its pages backwards
+		zeroPages int  // pages expected to be served with UFFDIO_ZEROPAGE
 	}{
-		{"snapshot view, page_size", snapshotView(t, mem), false, len(zero)},
-		{"snapshot view, legacy page_size_kib", snapshotView(t, mem), true, len(zero)},
-		{"memory without zero reporting", bytes.NewReader(mem), false, 0},
+		{"snapshot view, page_size", snapshotView(t, mem), false, 0, false, len(zero)},
+		{"snapshot view, legacy page_size_kib", snapshotView(t, mem), true, 0, false, len(zero)},
+		{"snapshot view, no readahead", snapshotView(t, mem), false, 1, false, len(zero)},
+		// Every readahead run stops at the page touched before it: the
+		// kernel's partial copies.
+		{"snapshot view, touched backwards", snapshotView(t, mem), false, 0, true, len(zero)},
+		{"memory without zero reporting", bytes.NewReader(mem), false, 0, false, 0},
+		{"memory without zero reporting, no readahead", bytes.NewReader(mem), false, 1, false, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sock := socketPath(t)
-			vmm := startVMM(t, uffdtest.Spec{Socket: sock, Regions: regions, Action: uffdtest.Touch, LegacyPageSize: tc.legacy})
-			srv, err := uffd.New(uffd.Config{SocketPath: sock, Memory: tc.memory, AllowPeer: uffd.AllowPID(vmm.PID()), Logger: testlog.New(t)})
+			vmm := startVMM(t, uffdtest.Spec{Socket: sock, Regions: regions, Action: uffdtest.Touch, LegacyPageSize: tc.legacy, Reverse: tc.reverse})
+			srv, err := uffd.New(uffd.Config{SocketPath: sock, Memory: tc.memory, AllowPeer: uffd.AllowPID(vmm.PID()), Readahead: tc.readahead, Logger: testlog.New(t)})
 			if err != nil {
 				t.Fatalf("New = %v", err)
 			}
@@ -191,35 +299,34 @@ func TestServesEveryPage(t *testing.T) {
 			<-srv.Connected()
 			socketGone(t, sock) // removed once the VMM is in
 
-			// Every page the child read is the memory file's page.
-			off := 0
-			for r, size := range regions {
-				for p := 0; p < int(size)/page; p++ {
-					want := sha256.Sum256(mem[off : off+page])
-					if got := res.PageSums[r][p*32 : (p+1)*32]; !bytes.Equal(got, want[:]) {
-						t.Fatalf("region %d page %d (file offset %d): child read other bytes than the memory file's", r, p, off)
-					}
-					off += page
-				}
-			}
+			checkPages(t, mem, res, 0, 0)
 			pages := memSize() / page
-			st := srv.Stats()
-			if got := st.Faults - st.AlreadyMapped; got != uint64(pages) {
-				t.Errorf("Stats: %d faults resolved (%d, %d already mapped), want %d (one per page touched)", got, st.Faults, st.AlreadyMapped, pages)
+			readahead := cmp.Or(tc.readahead, uffd.DefaultReadahead)
+			simZero := zero
+			if tc.zeroPages == 0 {
+				simZero = nil
 			}
-			if st.ZeroFaults != uint64(tc.zeroPages) {
-				t.Errorf("Stats.ZeroFaults = %d, want %d", st.ZeroFaults, tc.zeroPages)
+			sim := newFaultSim(readahead, simZero)
+			sim.touchAll(tc.reverse)
+			st := srv.Stats()
+			if st.PagesServed != uint64(pages) {
+				t.Errorf("Stats.PagesServed = %d, want %d (every page, once)", st.PagesServed, pages)
+			}
+			resolved := st.Faults - st.AlreadyMapped
+			if resolved != uint64(sim.faults) || resolved > uint64(pages) {
+				t.Errorf("Stats: %d faults resolved (%d, %d already mapped), want %d (readahead %d over %d pages)",
+					resolved, st.Faults, st.AlreadyMapped, sim.faults, readahead, pages)
+			}
+			if readahead == 1 && resolved != uint64(pages) {
+				t.Errorf("Stats: %d faults resolved without readahead, want %d (one per page)", resolved, pages)
+			}
+			if st.ZeroPages != uint64(tc.zeroPages) || st.ZeroFaults > st.ZeroPages {
+				t.Errorf("Stats: %d zero pages by %d faults, want %d pages", st.ZeroPages, st.ZeroFaults, tc.zeroPages)
 			}
 			if want := uint64((pages - tc.zeroPages) * page); st.BytesCopied != want {
 				t.Errorf("Stats.BytesCopied = %d, want %d", st.BytesCopied, want)
 			}
-			var hist uint64
-			for _, n := range st.FaultLatency {
-				hist += n
-			}
-			if hist != st.Faults || st.MaxFaultTime <= 0 || st.FaultTime < st.MaxFaultTime {
-				t.Errorf("Stats latency: histogram sums to %d of %d faults, max %v, total %v", hist, st.Faults, st.MaxFaultTime, st.FaultTime)
-			}
+			checkLatency(t, st)
 			maps := srv.Mappings()
 			if len(maps) != len(regions) || maps[1].Offset != regions[0] || maps[2].PageSize != page {
 				t.Errorf("Mappings() = %+v", maps)
@@ -235,23 +342,14 @@ func TestServesEveryPage(t *testing.T) {
 	}
 }
 
-func TestRemovedPagesReadAsZeros(t *testing.T) {
+// TestReadaheadCutsFaults: touched in order, with readahead 16 and no
+// zero pages to stop the runs, the memory takes a fault per 16 pages.
+func TestReadaheadCutsFaults(t *testing.T) {
 	requireUserfaultfd(t)
-	mem, zero := memoryFile(2)
-	// Region 1, pages 16-79: make sure the file has data there, so zeros
-	// can only come from the remove.
-	const first, count = 16, 64
-	base := int(regions[0]) + first*page
-	for p := 0; p < count; p++ {
-		mem[base+p*page] = 0xAB
-		delete(zero, base/page+p)
-	}
+	mem, _ := memoryFile(7)
 	sock := socketPath(t)
-	vmm := startVMM(t, uffdtest.Spec{
-		Socket: sock, Regions: regions, Action: uffdtest.Remove,
-		RemoveRegion: 1, RemoveOffset: first * page, RemoveLen: count * page,
-	})
-	srv, err := uffd.New(uffd.Config{SocketPath: sock, Memory: snapshotView(t, mem), AllowPeer: uffd.AllowPID(vmm.PID()), Logger: testlog.New(t)})
+	vmm := startVMM(t, uffdtest.Spec{Socket: sock, Regions: regions, Action: uffdtest.Touch})
+	srv, err := uffd.New(uffd.Config{SocketPath: sock, Memory: bytes.NewReader(mem), AllowPeer: uffd.AllowPID(vmm.PID()), Readahead: 16, Logger: testlog.New(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,34 +361,114 @@ func TestRemovedPagesReadAsZeros(t *testing.T) {
 	if err != nil {
 		t.Fatalf("VMM: %v", err)
 	}
-	// Before the remove the range held the file's bytes...
-	for p := 0; p < count; p++ {
-		want := sha256.Sum256(mem[base+p*page : base+(p+1)*page])
-		if got := res.PageSums[1][(first+p)*32 : (first+p+1)*32]; !bytes.Equal(got, want[:]) {
-			t.Fatalf("page %d of the range before MADV_DONTNEED: not the file's bytes", p)
-		}
-	}
-	// ...and after it, zeros.
-	zeroSum := sha256.Sum256(make([]byte, page))
-	for p := 0; p < count; p++ {
-		if got := res.RemovedSums[p*32 : (p+1)*32]; !bytes.Equal(got, zeroSum[:]) {
-			t.Errorf("page %d of the range after MADV_DONTNEED: not zeros", p)
-		}
-	}
-	st := srv.Stats()
-	if st.Removes != 1 || st.RemovedBytes != count*page {
-		t.Errorf("Stats: %d removes of %d bytes, want 1 of %d", st.Removes, st.RemovedBytes, count*page)
-	}
+	checkPages(t, mem, res, 0, 0)
 	pages := memSize() / page
-	if got := st.Faults - st.AlreadyMapped; got != uint64(pages+count) {
-		t.Errorf("Stats: %d faults resolved, want %d (every page, then the removed ones again)", got, pages+count)
+	st := srv.Stats()
+	// Slack: a fault the kernel reports twice (a signal interrupted it)
+	// is an event too.
+	if limit := uint64(pages/16 + 8); st.Faults > limit {
+		t.Errorf("Stats.Faults = %d for %d pages touched in order with readahead 16, want at most %d", st.Faults, pages, limit)
 	}
-	if want := uint64(len(zero) + count); st.ZeroFaults != want {
-		t.Errorf("Stats.ZeroFaults = %d, want %d", st.ZeroFaults, want)
+	if st.PagesServed != uint64(pages) || st.BytesCopied != uint64(pages*page) || st.ZeroPages != 0 {
+		t.Errorf("Stats: %d pages served, %d bytes copied, %d zero pages; want %d, %d, 0", st.PagesServed, st.BytesCopied, st.ZeroPages, pages, pages*page)
 	}
+	checkLatency(t, st)
 	vmm.Stop()
 	if err := waitServe(t, done); err != nil {
 		t.Errorf("Serve = %v, want nil", err)
+	}
+}
+
+func TestRemovedPagesReadAsZeros(t *testing.T) {
+	requireUserfaultfd(t)
+	for _, tc := range []struct {
+		name         string
+		removeFirst  bool
+		first, count int // the range given back: region 1's pages [first, first+count)
+	}{
+		// Touch everything, give the range back, touch it again.
+		{"after touching", false, 16, 64},
+		// Give the range back first, then touch everything: the runs
+		// before the range (not aligned to the readahead) must stop at
+		// it, and those in it must not run past it.
+		{"before touching", true, 21, 37},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem, zero := memoryFile(2)
+			// Make sure the file has data in region 1 from its start to
+			// past the range, so zeros can only come from the remove and
+			// runs are not cut short by zero pages: touched in order,
+			// the runs start at pages 0, 16, 32... and one straddles
+			// each end of the range.
+			for p := range tc.first + tc.count + 16 {
+				fp := int(regions[0])/page + p
+				mem[fp*page] = 0xAB
+				delete(zero, fp)
+			}
+			sock := socketPath(t)
+			vmm := startVMM(t, uffdtest.Spec{
+				Socket: sock, Regions: regions, Action: uffdtest.Remove, RemoveFirst: tc.removeFirst,
+				RemoveRegion: 1, RemoveOffset: uint64(tc.first * page), RemoveLen: uint64(tc.count * page),
+			})
+			srv, err := uffd.New(uffd.Config{SocketPath: sock, Memory: snapshotView(t, mem), AllowPeer: uffd.AllowPID(vmm.PID()), Readahead: 16, Logger: testlog.New(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := serve(t, context.Background(), srv)
+			if err := vmm.Go(); err != nil {
+				t.Fatal(err)
+			}
+			res, err := vmm.Result()
+			if err != nil {
+				t.Fatalf("VMM: %v", err)
+			}
+			sim := newFaultSim(16, zero)
+			if tc.removeFirst {
+				// The range read as zeros from the start; the rest is
+				// the file's.
+				checkPages(t, mem, res, tc.first, tc.first+tc.count)
+				sim.remove(1, tc.first, tc.first+tc.count)
+				sim.touchAll(false)
+			} else {
+				// Before the remove the range held the file's bytes.
+				checkPages(t, mem, res, 0, 0)
+				sim.touchAll(false)
+				sim.remove(1, tc.first, tc.first+tc.count)
+			}
+			sim.touch(1, tc.first, tc.first+tc.count, false)
+			// After it, zeros.
+			zeroSum := sha256.Sum256(make([]byte, page))
+			for p := 0; p < tc.count; p++ {
+				if got := res.RemovedSums[p*32 : (p+1)*32]; !bytes.Equal(got, zeroSum[:]) {
+					t.Errorf("page %d of the range after MADV_DONTNEED: not zeros", p)
+				}
+			}
+			st := srv.Stats()
+			if st.Removes != 1 || st.RemovedBytes != uint64(tc.count*page) {
+				t.Errorf("Stats: %d removes of %d bytes, want 1 of %d", st.Removes, st.RemovedBytes, tc.count*page)
+			}
+			pages := memSize() / page
+			wantPages, wantZero := pages+tc.count, len(zero)+tc.count
+			if tc.removeFirst {
+				wantPages = pages // the range was touched once, given back
+			}
+			if st.PagesServed != uint64(wantPages) || st.PagesServed != uint64(sim.pages) {
+				t.Errorf("Stats.PagesServed = %d, want %d (simulated %d)", st.PagesServed, wantPages, sim.pages)
+			}
+			if got := st.Faults - st.AlreadyMapped; got != uint64(sim.faults) {
+				t.Errorf("Stats: %d faults resolved, want %d", got, sim.faults)
+			}
+			if st.ZeroPages != uint64(wantZero) {
+				t.Errorf("Stats.ZeroPages = %d, want %d", st.ZeroPages, wantZero)
+			}
+			if want := uint64((wantPages - wantZero) * page); st.BytesCopied != want {
+				t.Errorf("Stats.BytesCopied = %d, want %d", st.BytesCopied, want)
+			}
+			vmm.Stop()
+			if err := waitServe(t, done); err != nil {
+				t.Errorf("Serve = %v, want nil", err)
+			}
+		})
 	}
 }
 
@@ -511,6 +689,8 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"socket path too long", uffd.Config{SocketPath: "/tmp/" + strings.Repeat("x", 120), Memory: m}, errdefs.ErrInvalidArgument},
 		{"negative timeout", uffd.Config{SocketPath: socketPath(t), Memory: m, HandshakeTimeout: -1}, errdefs.ErrInvalidArgument},
 		{"socket path exists", uffd.Config{SocketPath: existing, Memory: m}, errdefs.ErrAlreadyExists},
+		{"negative readahead", uffd.Config{SocketPath: socketPath(t), Memory: m, Readahead: -1}, errdefs.ErrInvalidArgument},
+		{"readahead too long", uffd.Config{SocketPath: socketPath(t), Memory: m, Readahead: uffd.MaxReadahead + 1}, errdefs.ErrInvalidArgument},
 	} {
 		if srv, err := uffd.New(tc.cfg); !errors.Is(err, tc.want) {
 			t.Errorf("New(%s) = %v, want %v", tc.name, err, tc.want)

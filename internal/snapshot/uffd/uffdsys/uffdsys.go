@@ -188,10 +188,14 @@ func Register(fd int, start, length, mode uint64) (uint64, error) {
 
 // Copy resolves a missing-page fault by copying length bytes from src (an
 // address in this process) to dst (in the registered range). It returns
-// the bytes copied, which may be fewer than length along with an error.
-// The error is a unix.Errno: EEXIST (already mapped), EAGAIN (the
+// the bytes copied, which may be fewer than length along with an error:
+// the kernel copies page by page and stops at the first page already
+// present (or other trouble), reporting what it copied, and having woken
+// its waiters, with EAGAIN. With nothing copied, the error is a
+// unix.Errno: EEXIST (the first page is already mapped), EAGAIN (the
 // address space is changing: retry after reading pending events), ESRCH
-// or ENOENT (the faulting process is gone), others.
+// or ENOENT (the faulting process is gone, or the range is not one
+// registered mapping), others.
 func Copy(fd int, dst, src, length, mode uint64) (int64, error) {
 	c := CopyArgs{Dst: dst, Src: src, Len: length, Mode: mode}
 	err := ioctl(fd, IoctlCopy, unsafe.Pointer(&c))

@@ -45,7 +45,8 @@ const (
 	// each page's SHA-256.
 	Touch Action = "touch"
 	// Remove: Touch, then madvise(MADV_DONTNEED) a range (the balloon's
-	// way of giving memory back) and read it again.
+	// way of giving memory back) and read it again; with RemoveFirst,
+	// give the range back before touching anything.
 	Remove Action = "remove"
 	// Bench: send the handshake, read one byte of every page, timed;
 	// then copy the same pages into freshly mapped memory, timed.
@@ -77,6 +78,12 @@ type Spec struct {
 	// region RemoveRegion.
 	RemoveRegion            int
 	RemoveOffset, RemoveLen uint64
+	// RemoveFirst: Remove gives the range back before the first touch,
+	// while none of the memory is present.
+	RemoveFirst bool
+	// Reverse: Touch and Remove read each region's pages from the last
+	// to the first (PageSums stay in page order).
+	Reverse bool
 }
 
 // Result is what the child reports.
@@ -206,21 +213,37 @@ func run(spec Spec, res *Result) error {
 			return fmt.Errorf("waiting for the server to hang up: %v", err)
 		}
 	case Touch, Remove:
-		start := time.Now()
-		for _, m := range mems {
-			res.PageSums = append(res.PageSums, sumPages(m))
-			res.Pages += len(m) / PageSize
-		}
-		res.TouchTime = time.Since(start)
+		var removed []byte
 		if spec.Action == Remove {
 			if spec.RemoveRegion >= len(mems) {
 				return fmt.Errorf("no region %d", spec.RemoveRegion)
 			}
-			r := mems[spec.RemoveRegion][spec.RemoveOffset : spec.RemoveOffset+spec.RemoveLen]
-			if err := unix.Madvise(r, unix.MADV_DONTNEED); err != nil {
+			removed = mems[spec.RemoveRegion][spec.RemoveOffset : spec.RemoveOffset+spec.RemoveLen]
+		}
+		giveBack := func() error {
+			if err := unix.Madvise(removed, unix.MADV_DONTNEED); err != nil {
 				return fmt.Errorf("madvise(MADV_DONTNEED): %w", err)
 			}
-			res.RemovedSums = sumPages(r)
+			return nil
+		}
+		if removed != nil && spec.RemoveFirst {
+			if err := giveBack(); err != nil {
+				return err
+			}
+		}
+		start := time.Now()
+		for _, m := range mems {
+			res.PageSums = append(res.PageSums, sumPages(m, spec.Reverse))
+			res.Pages += len(m) / PageSize
+		}
+		res.TouchTime = time.Since(start)
+		if removed != nil {
+			if !spec.RemoveFirst {
+				if err := giveBack(); err != nil {
+					return err
+				}
+			}
+			res.RemovedSums = sumPages(removed, spec.Reverse)
 		}
 	case Bench:
 		var sum byte
@@ -258,11 +281,18 @@ func run(spec Spec, res *Result) error {
 // sink keeps Bench's reads from being optimized away.
 var sink byte
 
-func sumPages(m []byte) []byte {
-	out := make([]byte, 0, len(m)/PageSize*sha256.Size)
-	for i := 0; i < len(m); i += PageSize {
-		s := sha256.Sum256(m[i : i+PageSize])
-		out = append(out, s[:]...)
+// sumPages returns the SHA-256 of each page of m, in page order, reading
+// the pages in reverse order if asked.
+func sumPages(m []byte, reverse bool) []byte {
+	n := len(m) / PageSize
+	out := make([]byte, n*sha256.Size)
+	for k := range n {
+		p := k
+		if reverse {
+			p = n - 1 - k
+		}
+		s := sha256.Sum256(m[p*PageSize : (p+1)*PageSize])
+		copy(out[p*sha256.Size:], s[:])
 	}
 	return out
 }
