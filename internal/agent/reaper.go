@@ -36,6 +36,9 @@ func (m *Manager) Reap(ctx context.Context) (int, error) {
 	m.mu.Lock()
 	for id, b := range m.boxes {
 		switch {
+		case b.frozen:
+			// A sandbox paused into its snapshot holds no VM and does
+			// not expire; its lifetime starts again when it resumes.
 		case b.sb.Expired(now):
 			expired = append(expired, id)
 		case b.sb.State.Terminal() && !now.Before(b.sb.EndedAt.Add(m.cfg.TombstoneLifetime)):
@@ -74,7 +77,7 @@ func (m *Manager) stopIfExpired(ctx context.Context, id string, now time.Time) e
 	}
 	defer b.unlock()
 	m.mu.Lock()
-	expires, expired := b.sb.ExpiresAt, b.sb.Expired(now)
+	expires, expired := b.sb.ExpiresAt, b.sb.Expired(now) && !b.frozen
 	m.mu.Unlock()
 	if !expired {
 		return errNotExpired

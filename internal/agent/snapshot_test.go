@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"wrenn.dev/wrenn/internal/agent"
 	"wrenn.dev/wrenn/internal/errdefs"
@@ -343,5 +344,35 @@ func TestSnapshotNotSupported(t *testing.T) {
 	}
 	if err := e.m.Resume(ctx(t), sb.ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFrozenSandboxDoesNotExpire checks the reaper leaves a sandbox paused
+// into its snapshot alone past its expiry: it holds no VM, and its
+// lifetime starts again when it resumes.
+func TestFrozenSandboxDoesNotExpire(t *testing.T) {
+	e := setupSnap(t, false)
+	sb := e.create(agent.CreateRequest{Timeout: time.Minute})
+	if err := e.m.Pause(ctx(t), sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Hour)
+	if n, err := e.m.Reap(ctx(t)); err != nil || n != 0 {
+		t.Fatalf("Reap() after the expiry of a paused sandbox = %d, %v; want 0, nil", n, err)
+	}
+	e.assertFrozen(sb.ID)
+	if err := e.m.Resume(ctx(t), sb.ID); err != nil {
+		t.Fatal(err)
+	}
+	exp, err := e.m.SetTimeout(ctx(t), sb.ID, 0) // what ResumeSandbox does
+	if err != nil || !exp.After(e.clock.Now()) {
+		t.Fatalf("SetTimeout(0) after resume = %s, %v; want a future expiry", exp, err)
+	}
+	if n, err := e.m.Reap(ctx(t)); err != nil || n != 0 {
+		t.Fatalf("Reap() right after resume = %d, %v; want 0", n, err)
+	}
+	e.clock.Advance(agent.DefaultTimeout + time.Second)
+	if n, err := e.m.Reap(ctx(t)); err != nil || n != 1 {
+		t.Fatalf("Reap() past the new expiry = %d, %v; want 1", n, err)
 	}
 }

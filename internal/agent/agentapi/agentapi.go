@@ -237,8 +237,8 @@ func (s *service) PauseSandbox(ctx context.Context, req *connect.Request[pb.Paus
 	return connect.NewResponse(&pb.PauseSandboxResponse{Sandbox: toProto(sb)}), nil
 }
 
-// ResumeSandbox runs a paused sandbox again, with a new lifetime when
-// timeout_seconds is set.
+// ResumeSandbox runs a paused sandbox again, with a new lifetime from now:
+// timeout_seconds, or the default when it is 0.
 func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.ResumeSandboxRequest]) (*connect.Response[pb.ResumeSandboxResponse], error) {
 	id := req.Msg.GetId()
 	if err := requireID(id); err != nil {
@@ -247,10 +247,9 @@ func (s *service) ResumeSandbox(ctx context.Context, req *connect.Request[pb.Res
 	if err := s.m.Resume(ctx, id); err != nil {
 		return nil, s.fail(ctx, req.Spec().Procedure, err)
 	}
-	if t := req.Msg.GetTimeoutSeconds(); t > 0 {
-		if _, err := s.m.SetTimeout(ctx, id, seconds(t)); err != nil {
-			return nil, s.fail(ctx, req.Spec().Procedure, err)
-		}
+	// The lifetime starts again: timeout_seconds, or the default.
+	if _, err := s.m.SetTimeout(ctx, id, seconds(req.Msg.GetTimeoutSeconds())); err != nil {
+		return nil, s.fail(ctx, req.Spec().Procedure, err)
 	}
 	sb, err := s.m.Get(ctx, id)
 	if err != nil {

@@ -1742,7 +1742,8 @@ func (x *PauseSandboxResponse) GetSandbox() *Sandbox {
 type ResumeSandboxRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// timeout_seconds, when set, is the sandbox's new lifetime from now.
+	// timeout_seconds is the sandbox's new lifetime from now; 0 means the
+	// agent's default timeout.
 	TimeoutSeconds uint32 `protobuf:"varint,2,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
