@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -279,19 +280,12 @@ func (m *Manager) boot(ctx context.Context, b *box, req CreateRequest, tmpl *Tem
 		return err
 	}
 
-	base := "http://" + net.JoinHostPort(slot.HostIP.String(), strconv.Itoa(m.cfg.EnvdPort))
-	envd := newEnvdClient(base, sb.EnvdAccessToken, m.cfg.HTTPClient)
+	base := m.envdBase(slot.HostIP)
 	m.update(b, func(sb *sandbox.Sandbox) {
 		sb.HostIP = slot.HostIP.String()
 		sb.EnvdURL = base
 	})
-	m.mu.Lock()
-	b.envd = envd
-	m.mu.Unlock()
-	if err := m.waitEnvd(ctx, mach, envd); err != nil {
-		return err
-	}
-	if err := envd.init(ctx, initRequest{
+	if err := m.connectEnvd(ctx, b, mach, base, sb.EnvdAccessToken, initRequest{
 		EnvVars:        req.EnvVars,
 		AccessToken:    sb.EnvdAccessToken,
 		Timestamp:      m.cfg.Clock().UTC(),
@@ -320,6 +314,26 @@ func guestMetadata(sb *sandbox.Sandbox) map[string]any {
 		md["metadata"] = maps.Clone(sb.Metadata)
 	}
 	return md
+}
+
+// envdBase is the URL of envd in the guest behind a slot's host IP.
+func (m *Manager) envdBase(hostIP netip.Addr) string {
+	return "http://" + net.JoinHostPort(hostIP.String(), strconv.Itoa(m.cfg.EnvdPort))
+}
+
+// connectEnvd gives b a client for envd at base using body's access token,
+// waits for envd to answer and sends it /init with body, authorised by
+// authToken: the token envd knows now (body's own for a fresh guest, the
+// old one for a restored guest whose token /init rotates).
+func (m *Manager) connectEnvd(ctx context.Context, b *box, mach vmm.Machine, base, authToken string, body initRequest) error {
+	envd := newEnvdClient(base, body.AccessToken, m.cfg.HTTPClient)
+	m.mu.Lock()
+	b.envd = envd
+	m.mu.Unlock()
+	if err := m.waitEnvd(ctx, mach, envd); err != nil {
+		return err
+	}
+	return envd.initAs(ctx, body, authToken)
 }
 
 // waitEnvd polls envd's /health until it answers, the VM exits, or

@@ -224,10 +224,6 @@ type initRequest struct {
 	DefaultWorkdir string            `json:"defaultWorkdir,omitempty"`
 }
 
-func (c *envdClient) init(ctx context.Context, body initRequest) error {
-	return c.initAs(ctx, body, c.token)
-}
-
 // initAs sends /init authorised by token (the token envd knows now, when
 // the body rotates it).
 func (c *envdClient) initAs(ctx context.Context, body initRequest, token string) error {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -331,23 +330,16 @@ func (m *Manager) restore(ctx context.Context, b *box, from restoreFrom) error {
 		b.pager.watch(m, b, mach)
 	}
 
-	base := "http://" + net.JoinHostPort(slot.HostIP.String(), strconv.Itoa(m.cfg.EnvdPort))
 	// One client, with the new token; the /init that rotates the token is
 	// authorised by the old one.
-	envd := newEnvdClient(base, from.newToken, m.cfg.HTTPClient)
-	m.mu.Lock()
-	b.envd = envd
-	m.mu.Unlock()
-	if err := m.waitEnvd(ctx, mach, envd); err != nil {
-		return err
-	}
-	if err := envd.initAs(ctx, initRequest{
+	base := m.envdBase(slot.HostIP)
+	if err := m.connectEnvd(ctx, b, mach, base, from.oldToken, initRequest{
 		EnvVars:        from.envVars,
 		AccessToken:    from.newToken,
 		Timestamp:      m.cfg.Clock().UTC(),
 		DefaultUser:    from.defaultUser,
 		DefaultWorkdir: from.defaultWorkdir,
-	}, from.oldToken); err != nil {
+	}); err != nil {
 		return err
 	}
 	m.mu.Lock()
