@@ -83,6 +83,7 @@ type Store interface {
 	GetSandbox(ctx context.Context, id string) (db.Sandbox, error)
 	ListSandboxes(ctx context.Context, f db.SandboxFilter) ([]db.Sandbox, string, error)
 	ListLiveSandboxes(ctx context.Context) ([]db.Sandbox, error)
+	LiveUsage(ctx context.Context) (map[string]db.HostUsage, error)
 	UpdateSandboxState(ctx context.Context, id string, from, to sandbox.State, reason string) (db.Sandbox, error)
 	SetSandboxExpiry(ctx context.Context, id string, at time.Time) (db.Sandbox, error)
 

@@ -259,18 +259,9 @@ func (s *Service) placeAndRecord(ctx context.Context, p Principal, req CreateSan
 	if err != nil {
 		return db.Host{}, db.Sandbox{}, err
 	}
-	live, err := s.store.ListLiveSandboxes(ctx)
+	used, err := s.store.LiveUsage(ctx)
 	if err != nil {
 		return db.Host{}, db.Sandbox{}, err
-	}
-	type usage struct{ vcpus, mem int64 }
-	used := map[string]usage{}
-	for _, sb := range live {
-		// A paused sandbox is files on its host, not vCPUs and memory.
-		if sb.HostID != "" && sb.State != sandbox.StatePaused {
-			u := used[sb.HostID]
-			used[sb.HostID] = usage{u.vcpus + int64(sb.VCPUs), u.mem + int64(sb.MemoryMiB)}
-		}
 	}
 	byID := map[string]db.Host{}
 	cands := make([]placement.Host, 0, len(hosts))
@@ -286,7 +277,7 @@ func (s *Service) placeAndRecord(ctx context.Context, p Principal, req CreateSan
 			// The agent's own count covers sandboxes the database does not
 			// know yet (or any more); the database's covers creates the
 			// agent has not reported yet.
-			VCPUsUsed: max(int(u.vcpus), h.VCPUsUsed), MemoryMiBUsed: max(u.mem, h.MemoryMiBUsed),
+			VCPUsUsed: max(u.VCPUs, h.VCPUsUsed), MemoryMiBUsed: max(u.MemoryMiB, h.MemoryMiBUsed),
 			LastHeartbeat: h.LastHeartbeatAt, Draining: h.State != db.HostReady,
 		})
 	}

@@ -420,6 +420,27 @@ func (d *DB) ListLiveSandboxes(ctx context.Context) ([]Sandbox, error) {
 	return out, nil
 }
 
+// HostUsage is what a host's live sandboxes were given.
+type HostUsage struct {
+	VCPUs     int
+	MemoryMiB int64
+}
+
+// LiveUsage sums, by host ID, the vCPUs and memory of the live sandboxes
+// placed on each host; paused sandboxes hold files, not VMs, and are left
+// out. Hosts without such sandboxes are absent.
+func (d *DB) LiveUsage(ctx context.Context) (map[string]HostUsage, error) {
+	rows, err := d.q.LiveUsageByHost(ctx, d.pool)
+	if err != nil {
+		return nil, interpret(err, "host usage")
+	}
+	out := make(map[string]HostUsage, len(rows))
+	for _, r := range rows {
+		out[r.HostID] = HostUsage{VCPUs: int(r.VCPUs), MemoryMiB: r.MemoryMiB}
+	}
+	return out, nil
+}
+
 // SetSandboxExpiry records when sandbox id expires; zero means never.
 func (d *DB) SetSandboxExpiry(ctx context.Context, id string, at time.Time) (Sandbox, error) {
 	row, err := d.q.SetSandboxExpiry(ctx, d.pool, dbq.SetSandboxExpiryParams{ID: id, ExpiresAt: nonZero(at)})

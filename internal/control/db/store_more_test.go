@@ -3,6 +3,7 @@ package db_test
 import (
 	"crypto/sha256"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -681,5 +682,33 @@ func TestTemplates(t *testing.T) {
 	}
 	if got, err := d.GetTemplate(ctx, a.ID, "snap"); err != nil || got.HostID != "" || got.SourceSandboxID != "sb-a2" {
 		t.Errorf("GetTemplate(a, snap) after its host was deleted = %+v, %v; want no host", got, err)
+	}
+}
+
+func TestLiveUsage(t *testing.T) {
+	t.Parallel()
+	d := pgtest.New(t)
+	ctx := t.Context()
+	for _, id := range []string{"h1", "h2", "h3"} {
+		mustHost(t, d, id, db.HostReady)
+	}
+	a, b := mustTeam(t, d, "a"), mustTeam(t, d, "b")
+	// Counted: every live, unpaused sandbox of every team, by host.
+	for _, s := range []db.Sandbox{
+		{ID: "run-a", TeamID: a.ID, HostID: "h1", State: sandbox.StateRunning, VCPUs: 2, MemoryMiB: 512},
+		{ID: "start-b", TeamID: b.ID, HostID: "h1", State: sandbox.StateStarting, VCPUs: 1, MemoryMiB: 256},
+		{ID: "resume-a", TeamID: a.ID, HostID: "h2", State: sandbox.StateResuming, VCPUs: 4, MemoryMiB: 1024},
+		// Not counted.
+		{ID: "paused", TeamID: a.ID, HostID: "h2", State: sandbox.StatePaused, VCPUs: 8, MemoryMiB: 4096},
+		{ID: "stopped", TeamID: a.ID, HostID: "h3", State: sandbox.StateStopped, VCPUs: 8, MemoryMiB: 4096},
+		{ID: "dead", TeamID: b.ID, HostID: "h3", State: sandbox.StateDead, VCPUs: 8, MemoryMiB: 4096},
+		{ID: "unplaced", TeamID: b.ID, State: sandbox.StateStarting, VCPUs: 8, MemoryMiB: 4096},
+	} {
+		mustSandbox(t, d, s)
+	}
+	got, err := d.LiveUsage(ctx)
+	want := map[string]db.HostUsage{"h1": {VCPUs: 3, MemoryMiB: 768}, "h2": {VCPUs: 4, MemoryMiB: 1024}}
+	if err != nil || !maps.Equal(got, want) {
+		t.Fatalf("LiveUsage() = %v, %v; want %v", got, err, want)
 	}
 }

@@ -208,6 +208,42 @@ func (q *Queries) ListSandboxes(ctx context.Context, db DBTX, arg ListSandboxesP
 	return items, nil
 }
 
+const liveUsageByHost = `-- name: LiveUsageByHost :many
+SELECT host_id::text AS host_id, sum(vcpus)::bigint AS vcpus, sum(memory_mib)::bigint AS memory_mib
+FROM sandboxes
+WHERE host_id IS NOT NULL AND state NOT IN ('stopped', 'dead', 'paused')
+GROUP BY host_id
+`
+
+type LiveUsageByHostRow struct {
+	HostID    string
+	VCPUs     int64
+	MemoryMiB int64
+}
+
+// LiveUsageByHost sums the vCPUs and memory of each host's live sandboxes,
+// paused ones left out (they hold files, not VMs): what placement counts
+// as taken.
+func (q *Queries) LiveUsageByHost(ctx context.Context, db DBTX) ([]LiveUsageByHostRow, error) {
+	rows, err := db.Query(ctx, liveUsageByHost)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	items := []LiveUsageByHostRow{}
+	for rows.Next() {
+		var i LiveUsageByHostRow
+		if err := rows.Scan(&i.HostID, &i.VCPUs, &i.MemoryMiB); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const setSandboxExpiry = `-- name: SetSandboxExpiry :one
 UPDATE sandboxes SET expires_at = $1, updated_at = now()
 WHERE id = $2

@@ -44,3 +44,12 @@ WHERE host_id = @host_id AND state NOT IN ('stopped', 'dead');
 UPDATE sandboxes SET expires_at = sqlc.narg('expires_at'), updated_at = now()
 WHERE id = @id
 RETURNING *;
+
+-- LiveUsageByHost sums the vCPUs and memory of each host's live sandboxes,
+-- paused ones left out (they hold files, not VMs): what placement counts
+-- as taken.
+-- name: LiveUsageByHost :many
+SELECT host_id::text AS host_id, sum(vcpus)::bigint AS vcpus, sum(memory_mib)::bigint AS memory_mib
+FROM sandboxes
+WHERE host_id IS NOT NULL AND state NOT IN ('stopped', 'dead', 'paused')
+GROUP BY host_id;
