@@ -486,8 +486,11 @@ test('ls -laR output renders without loss', { timeout: 300000 }, async () => {
   const dirs = process.env.WRENN_WEB_LS_DIRS || '/bin /etc /lib /sbin /sys /usr /var';
   const want = (await sh(`ls -laR ${dirs} 2>/dev/null; true`, 120)).replace(/\n$/, '').split('\n');
   assert.ok(want.length >= 1000, `ls -laR ${dirs} gives ${want.length} lines; want thousands`);
-  await typeLine(keys.one, 'clear');
-  await typeLine(keys.one, `printf '%s\\n' "LS""BEGIN"; ls -laR ${dirs} 2>/dev/null; printf '%s\\n' "LS""END"`);
+  // One command line: typing `clear` on its own and the listing right after
+  // it races the shell's next prompt, whose cursor-position query (ESC[6n)
+  // xterm answers; an answer arriving while ls runs is echoed into its
+  // output by the tty.
+  await typeLine(keys.one, `clear; printf '%s\\n' "LS""BEGIN"; ls -laR ${dirs} 2>/dev/null; printf '%s\\n' "LS""END"`);
   await waitForLine(keys.one, (l) => l === 'LSEND', 'the end of the listing', 240000);
   const got = await lines(keys.one);
   const start = got.lastIndexOf('LSBEGIN');
