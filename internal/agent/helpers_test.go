@@ -203,6 +203,23 @@ func countGoroutines(fn string) int {
 	return c
 }
 
+// settledGoroutines counts the goroutines running fn until the count is
+// want or two seconds have passed, and returns the last count. A goroutine
+// that has signalled its end (a WaitGroup, a closed channel) still runs its
+// last instructions for a moment; like goleak, this lets those finish
+// instead of reading them as leaks. A real leak never reaches want.
+func settledGoroutines(fn string, want int) int {
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		n := countGoroutines(fn)
+		if n == want || time.Now().After(deadline) {
+			return n
+		}
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
+	}
+}
+
 const samplerFunc = "wrenn.dev/wrenn/internal/agent.(*sampler).run"
 
 // countFDs counts this process's open file descriptors.

@@ -228,7 +228,7 @@ func TestVMKilled(t *testing.T) {
 	e := setup(t, func(c *agent.Config) { c.SampleInterval = 5 * time.Millisecond })
 	sb := e.create(agent.CreateRequest{ID: "victim"})
 	other := e.create(agent.CreateRequest{ID: "bystander"})
-	if n := countGoroutines(samplerFunc); n != 2 {
+	if n := settledGoroutines(samplerFunc, 2); n != 2 {
 		t.Fatalf("%d samplers for two sandboxes, want 2", n)
 	}
 
@@ -252,7 +252,7 @@ func TestVMKilled(t *testing.T) {
 	if held := e.net.Held(); len(held) != 1 {
 		t.Errorf("slots held after one of two sandboxes died: %v, want one", held)
 	}
-	if n := countGoroutines(samplerFunc); n != 1 {
+	if n := settledGoroutines(samplerFunc, 1); n != 1 {
 		t.Errorf("%d samplers run after one of two sandboxes died, want 1", n)
 	}
 	if info := e.m.HostInfo(ctx(t)); info.Sandboxes != 1 || info.VCPUsUsed != other.VCPUs {
@@ -293,14 +293,14 @@ func TestSamplerStoppedWhenNotRunning(t *testing.T) {
 	if err != nil || got.Metrics.CPUCount < 1 || got.Metrics.MemTotalMiB == 0 || !got.Metrics.Sampled.Equal(e.clock.Now()) {
 		t.Fatalf("WaitFor(metrics) = %+v, %v; want a sample with CPUs and memory", got.Metrics, err)
 	}
-	if n := countGoroutines(samplerFunc); n != 1 {
+	if n := settledGoroutines(samplerFunc, 1); n != 1 {
 		t.Fatalf("%d samplers run for one sandbox, want 1", n)
 	}
 	for i := range 5 {
 		if err := e.m.Pause(ctx(t), sb.ID); err != nil {
 			t.Fatalf("pause %d: Pause() = %v", i, err)
 		}
-		if n := countGoroutines(samplerFunc); n != 0 {
+		if n := settledGoroutines(samplerFunc, 0); n != 0 {
 			t.Fatalf("pause %d: %d samplers run for a paused sandbox, want 0", i, n)
 		}
 		if got, _ := e.m.Get(ctx(t), sb.ID); got.State != sandbox.StatePaused {
@@ -312,7 +312,7 @@ func TestSamplerStoppedWhenNotRunning(t *testing.T) {
 		if err := e.m.Resume(ctx(t), sb.ID); err != nil {
 			t.Fatalf("resume %d: Resume() = %v", i, err)
 		}
-		if n := countGoroutines(samplerFunc); n != 1 {
+		if n := settledGoroutines(samplerFunc, 1); n != 1 {
 			t.Fatalf("resume %d: %d samplers run, want 1", i, n)
 		}
 	}
@@ -330,13 +330,13 @@ func TestSamplerStoppedWhenNotRunning(t *testing.T) {
 	e.assertNothingLeft(sb.ID)
 
 	sb2 := e.create(agent.CreateRequest{})
-	if n := countGoroutines(samplerFunc); n != 1 {
+	if n := settledGoroutines(samplerFunc, 1); n != 1 {
 		t.Fatalf("%d samplers for a new sandbox, want 1", n)
 	}
 	if err := e.m.Destroy(ctx(t), sb2.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := countGoroutines(samplerFunc); n != 0 {
+	if n := settledGoroutines(samplerFunc, 0); n != 0 {
 		t.Fatalf("%d samplers after Destroy, want 0", n)
 	}
 }

@@ -98,7 +98,7 @@ func TestRestart(t *testing.T) {
 	}
 
 	e.restart(func() {
-		if n := countGoroutines(samplerFunc); n != 0 {
+		if n := settledGoroutines(samplerFunc, 0); n != 0 {
 			t.Errorf("%d samplers run after Stop, want 0", n)
 		}
 		m := e.drv.Machine(gone.ID)
@@ -131,7 +131,7 @@ func TestRestart(t *testing.T) {
 	if d := dirEntries(t, stateDir); !slices.Equal(d, []string{"alive.json", "broken.json.corrupt", "gone.json", "paused.json"}) {
 		t.Errorf("records after restart = %v", d)
 	}
-	if n := countGoroutines(samplerFunc); n != 1 {
+	if n := settledGoroutines(samplerFunc, 1); n != 1 {
 		t.Errorf("%d samplers after restart, want 1 (the running sandbox)", n)
 	}
 	if err := e.m.Resume(ctx(t), paused.ID); err != nil {
